@@ -1,0 +1,41 @@
+"""gradwatch: per-layer gradient diagnostics for PyTorch training, nearly free.
+
+>>> import torch, gradwatch
+>>> model = torch.nn.Linear(3, 1)
+>>> model(torch.ones(2, 3)).sum().backward()
+>>> with gradwatch.watch(model) as watcher:
+...     report = watcher.step()
+>>> round(report.layers["__root__"].grad_norm, 3)
+3.162
+"""
+
+from __future__ import annotations
+
+from . import clipping
+from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from .layers import ROOT_LAYER
+from .sinks import MemorySink, Sink, TensorBoardSink
+from .symptoms import LayerStats, Symptom
+from .thresholds import Thresholds
+from .watcher import GradWatchWarning, StepReport, Watcher, watch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ROOT_LAYER",
+    "ConfigurationError",
+    "GradWatchError",
+    "GradWatchWarning",
+    "LayerStats",
+    "MemorySink",
+    "NonFiniteGradientError",
+    "Sink",
+    "StepReport",
+    "Symptom",
+    "TensorBoardSink",
+    "Thresholds",
+    "Watcher",
+    "__version__",
+    "clipping",
+    "watch",
+]

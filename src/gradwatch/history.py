@@ -1,0 +1,71 @@
+"""A compact record of every symptom seen: counts, first and last step per (kind, layer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .symptoms import Symptom
+
+__all__ = ["SymptomHistory", "SymptomSummary"]
+
+
+@dataclass
+class SymptomSummary:
+    """All occurrences of one kind of symptom at one layer (``layer=None``: model-wide)."""
+
+    kind: str
+    layer: str | None
+    count: int
+    first_step: int
+    last_step: int
+    message: str  # the most recent message
+
+    def __str__(self) -> str:
+        where = self.layer if self.layer is not None else "(model)"
+        steps = f"step {self.first_step}" if self.first_step == self.last_step else \
+            f"steps {self.first_step}-{self.last_step}"
+        return f"{self.kind:<10} {where:<30} {self.count:>6}x  {steps}"
+
+
+class SymptomHistory:
+    """Accumulates symptoms as they come; memory grows with distinct (kind, layer) pairs, not with steps.
+
+    >>> h = SymptomHistory()
+    >>> h.extend([Symptom("vanishing", "fc", 3, 1e-9, 1e-7, "warning", "...")])
+    >>> h.summaries()[0].first_step
+    3
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str | None], SymptomSummary] = {}
+
+    def extend(self, symptoms: Iterable[Symptom]) -> None:
+        for s in symptoms:
+            key = (s.kind, s.layer)
+            entry = self._by_key.get(key)
+            if entry is None:
+                self._by_key[key] = SymptomSummary(s.kind, s.layer, 1, s.step, s.step, s.message)
+            else:
+                entry.count += 1
+                entry.last_step = max(entry.last_step, s.step)
+                entry.first_step = min(entry.first_step, s.step)
+                entry.message = s.message
+
+    def summaries(self, kind: str | None = None) -> list[SymptomSummary]:
+        """Summaries in the order first seen, optionally of one kind."""
+        return [e for e in self._by_key.values() if kind is None or e.kind == kind]
+
+    def layers(self, kind: str) -> list[str]:
+        """Names of the layers that showed ``kind`` (model-wide entries left out)."""
+        return [e.layer for e in self._by_key.values() if e.kind == kind and e.layer is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self._by_key)
+
+    def format(self) -> str:
+        if not self._by_key:
+            return "gradwatch: no symptoms."
+        lines = ["gradwatch: symptoms by kind and layer", f"{'kind':<10} {'layer':<30} {'count':>7}  steps"]
+        lines += [str(e) for e in sorted(self._by_key.values(), key=lambda e: (e.kind, e.first_step))]
+        return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""What a *layer* is: a module that directly owns parameters, named by its qualified name."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigurationError
+
+__all__ = ["ROOT_LAYER", "Layer", "discover_layers", "unwrap_model"]
+
+#: Name of the layer formed by parameters that the root module owns directly
+#: (for example a positional-embedding ``nn.Parameter`` assigned in ``__init__``).
+ROOT_LAYER = "__root__"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One watched layer: its name, its module's class name and the parameters it owns (tied ones once)."""
+
+    name: str
+    kind: str
+    params: tuple[nn.Parameter, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Peel off wrappers that add a prefix to names (DDP/DataParallel ``module.``, ``torch.compile``'s ``_orig_mod.``)."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        break
+    return model
+
+
+def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = None) -> list[Layer]:
+    """List the layers of ``model`` in registration order, keeping those whose name matches ``patterns``.
+
+    A parameter shared by several modules (tied weights) belongs to the first module that registers it. A layer whose
+    parameters are all tied to an earlier layer disappears. Parameters owned by the root module form the layer
+    :data:`ROOT_LAYER`.
+
+    Raises:
+        ConfigurationError: when a pattern matches no layer, or the model has no parameter at all.
+
+    >>> [layer.name for layer in discover_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
+    ['0', '2']
+    """
+    model = unwrap_model(model)
+    seen: set[int] = set()
+    layers: list[Layer] = []
+    for name, module in model.named_modules():
+        own = []
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            own.append(p)
+        if own:
+            layers.append(Layer(name=name or ROOT_LAYER, kind=type(module).__name__, params=tuple(own)))
+    if not layers:
+        raise ConfigurationError(f"{type(model).__name__} has no parameters: there is nothing for gradwatch to watch.")
+    if patterns is None:
+        return layers
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigurationError(f"layers={patterns!r} must be a non-empty glob string or a sequence of them.")
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in layers):
+            names = ", ".join(layer.name for layer in layers[:12]) + (", ..." if len(layers) > 12 else "")
+            raise ConfigurationError(
+                f"layers pattern {pattern!r} matches no layer of {type(model).__name__}; its layers are: {names}."
+            )
+    return [layer for layer in layers if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
+
+
+def is_floating(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()

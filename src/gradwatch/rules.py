@@ -1,0 +1,193 @@
+"""The rules: from one step's host-side statistics and the running state, the symptoms.
+
+Everything here runs on the host, on numpy arrays already moved off the device, with a handful of vectorised calls
+per step whatever the number of layers; Python loops only over layers that fire.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .advice import ModelTraits
+from .symptoms import Symptom
+from .thresholds import Thresholds
+
+__all__ = ["HostStats", "RuleState", "evaluate"]
+
+
+@dataclass
+class HostStats:
+    """One step's statistics on the host (float64 numpy arrays, one entry per layer)."""
+
+    step: int
+    names: Sequence[str]
+    grad_norm: np.ndarray
+    grad_max: np.ndarray
+    nonfinite: np.ndarray  # 0 finite, 1 NaN, 2 Inf
+    has_grad: np.ndarray
+    numel: np.ndarray
+    global_norm: float
+    clipped_norm: float
+    param_norm: np.ndarray | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def rms(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.has_grad & (self.numel > 0), self.grad_norm / np.sqrt(np.maximum(self.numel, 1)), np.nan)
+
+
+@dataclass
+class RuleState:
+    """What the rules remember between steps; plain Python and numpy, so it checkpoints as is."""
+
+    n_layers: int
+    vanish_count: np.ndarray = field(init=False)
+    vanish_since: np.ndarray = field(init=False)
+    baseline: float | None = None
+    observed: int = 0
+    jump_streak: int = 0
+    active: dict[tuple[str, str | None], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vanish_count = np.zeros(self.n_layers, dtype=np.int64)
+        self.vanish_since = np.full(self.n_layers, -1, dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "vanish_count": self.vanish_count.tolist(),
+            "vanish_since": self.vanish_since.tolist(),
+            "baseline": self.baseline,
+            "observed": self.observed,
+            "jump_streak": self.jump_streak,
+            "active": [[k, layer, since] for (k, layer), since in self.active.items()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vanish_count = np.asarray(state["vanish_count"], dtype=np.int64)
+        self.vanish_since = np.asarray(state["vanish_since"], dtype=np.int64)
+        self.baseline = state["baseline"]
+        self.observed = int(state["observed"])
+        self.jump_streak = int(state["jump_streak"])
+        self.active = {(k, layer): int(since) for k, layer, since in state["active"]}
+
+
+def evaluate(
+    stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits
+) -> tuple[list[Symptom], list[Symptom]]:
+    """Apply every rule to one step. Returns ``(symptoms, onsets)``: all symptoms holding at this step, and those of
+    them that start a new episode (the ones worth an alert)."""
+    symptoms = nonfinite_symptoms(stats, traits) + vanishing_symptoms(stats, th, state, traits)
+    symptoms += exploding_symptoms(stats, th, state, traits)
+    now = {(s.kind, s.layer): (s.since if s.since is not None else s.step) for s in symptoms}
+    onsets = [s for s in symptoms if (s.kind, s.layer) not in state.active]
+    state.active = now
+    return symptoms, onsets
+
+
+def nonfinite_symptoms(stats: HostStats, traits: ModelTraits) -> list[Symptom]:
+    out = []
+    for i in np.flatnonzero(stats.nonfinite):
+        what = "NaN" if stats.nonfinite[i] == 1 else "Inf"
+        name = stats.names[i]
+        out.append(Symptom(
+            kind="nonfinite", layer=name, step=stats.step, value=math.nan if what == "NaN" else math.inf,
+            threshold=math.inf, severity="error", since=stats.step,
+            message=f"{what} in the gradients of layer '{name}' at step {stats.step}. {traits.nonfinite_advice()}",
+        ))
+    return out
+
+
+def vanishing_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
+    rms = stats.rms()
+    usable = np.isfinite(rms)
+    if not usable.any():
+        state.vanish_count[:] = 0
+        state.vanish_since[:] = -1
+        return []
+    strongest_i = int(np.nanargmax(np.where(usable, rms, -np.inf)))
+    strongest = float(rms[strongest_i])
+    floor = np.maximum(th.vanishing_rms, th.vanishing_ratio * strongest)
+    starved = usable & (rms < floor)
+    state.vanish_count = np.where(starved, state.vanish_count + 1, 0)
+    state.vanish_since = np.where(starved, np.where(state.vanish_since < 0, stats.step, state.vanish_since), -1)
+    firing = np.flatnonzero(state.vanish_count >= th.vanishing_patience)
+    if firing.size == 0:
+        return []
+    profile = _depth_profile(stats.names, rms, firing, strongest_i)
+    advice = traits.vanishing_advice()
+    out = []
+    for i in firing:
+        name, value = stats.names[i], float(rms[i])
+        ratio = value / strongest if strongest > 0 else 0.0
+        since = int(state.vanish_since[i])
+        absolute = value < th.vanishing_rms
+        threshold = th.vanishing_rms if absolute else th.vanishing_ratio * strongest
+        out.append(Symptom(
+            kind="vanishing", layer=name, step=stats.step, value=value, threshold=float(threshold), severity="warning",
+            since=since,
+            message=(f"Vanishing gradients at layer '{name}' since step {since}: RMS {value:.2e} is {ratio:.1e}x the "
+                     f"strongest layer ('{stats.names[strongest_i]}', {strongest:.2e}). {profile} {advice}"),
+        ))
+    return out
+
+
+def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, strongest_i: int) -> str:
+    n = len(names)
+    first, last = names[firing[0]], names[firing[-1]]
+    weakest_i = int(firing[np.argmin(rms[firing])])
+    side = "input" if firing.mean() < (n - 1) / 2 else "output"
+    fall = rms[strongest_i] / rms[weakest_i] if rms[weakest_i] > 0 else math.inf
+    span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
+    return (f"Depth profile: {firing.size} of {n} layers starved ({span}, the {side} side, in registration order); "
+            f"the gradient RMS falls {fall:.1e}x from '{names[strongest_i]}' to '{names[weakest_i]}'.")
+
+
+def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
+    g = stats.global_norm
+    if not math.isfinite(g):
+        return []  # the nonfinite rule speaks for this step; the baseline ignores it
+    out = []
+    advice = traits.exploding_advice()
+    top = int(np.nanargmax(np.where(np.isfinite(stats.grad_norm), stats.grad_norm, -np.inf)))
+    top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
+    if g > th.exploding_norm:
+        since = state.active.get(("exploding", None), stats.step)
+        out.append(Symptom(
+            kind="exploding", layer=None, step=stats.step, value=g, threshold=th.exploding_norm, severity="error",
+            since=since,
+            message=(f"Exploding gradients at step {stats.step}: global norm {g:.3g} is over the ceiling "
+                     f"{th.exploding_norm:.3g}; largest in layer '{top_name}' ({top_norm:.3g}). {advice}"),
+        ))
+        for i in np.flatnonzero(np.isfinite(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
+            name = stats.names[i]
+            out.append(Symptom(
+                kind="exploding", layer=name, step=stats.step, value=float(stats.grad_norm[i]),
+                threshold=th.exploding_norm, severity="error", since=state.active.get(("exploding", name), stats.step),
+                message=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {stats.grad_norm[i]:.3g} "
+                         f"is over the ceiling {th.exploding_norm:.3g}. {advice}"),
+            ))
+    jump = (state.baseline is not None and state.observed >= th.jump_warmup and g > th.jump_factor * state.baseline)
+    if jump:
+        state.jump_streak += 1
+        baseline = float(state.baseline or 0.0)
+        if not out:
+            out.append(Symptom(
+                kind="exploding", layer=None, step=stats.step, value=g, threshold=th.jump_factor * baseline,
+                severity="warning", since=state.active.get(("exploding", None), stats.step),
+                message=(f"Sudden jump in the gradient norm at step {stats.step}: {g:.3g} is {g / baseline:.0f}x "
+                         f"its running baseline {baseline:.3g}; largest in layer '{top_name}' ({top_norm:.3g}). "
+                         f"A bad batch, a loss spike or a learning rate too high. {advice}"),
+            ))
+        if state.jump_streak > max(th.jump_warmup, 1):
+            state.baseline, state.jump_streak = g, 0  # a lasting new level: accept it as the baseline
+    else:
+        state.jump_streak = 0
+        b = th.baseline_beta
+        state.baseline = g if state.baseline is None else b * state.baseline + (1 - b) * g
+        state.observed += 1
+    return out

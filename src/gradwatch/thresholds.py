@@ -1,0 +1,54 @@
+"""Every rule's parameters in one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ._validate import check_int, check_number
+
+__all__ = ["Thresholds"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Parameters of gradwatch's rules. The defaults are calibrated (tests/test_calibration.py) to stay silent on
+    healthy training and to fire on the classic failures; docs/rules.md explains each one.
+
+    Attributes:
+        vanishing_rms: absolute floor: a layer whose gradient RMS (``grad_norm / sqrt(numel)``) is below it is starved.
+        vanishing_ratio: relative floor: a layer whose gradient RMS is below this fraction of the strongest layer's
+            RMS is starved.
+        vanishing_patience: steps a layer must stay starved before ``vanishing`` is reported (one bad step is noise).
+        exploding_norm: absolute ceiling on the global gradient norm (before clipping), and on each layer's norm.
+        jump_factor: a global norm this many times above its running baseline is a sudden jump (``exploding``).
+        jump_warmup: steps observed before the jump rule may fire (the baseline must settle first).
+        baseline_beta: smoothing of the running baseline (an exponential moving average of the global norm; steps
+            flagged as jumps or non-finite do not update it).
+
+    >>> Thresholds(vanishing_patience=5).vanishing_patience
+    5
+    """
+
+    vanishing_rms: float = 1e-7
+    vanishing_ratio: float = 1e-3
+    vanishing_patience: int = 20
+    exploding_norm: float = 1e4
+    jump_factor: float = 10.0
+    jump_warmup: int = 20
+    baseline_beta: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_number("Thresholds.vanishing_rms", self.vanishing_rms, nonnegative=True)
+        check_number("Thresholds.vanishing_ratio", self.vanishing_ratio, nonnegative=True, below=1.0)
+        check_int("Thresholds.vanishing_patience", self.vanishing_patience, minimum=1)
+        check_number("Thresholds.exploding_norm", self.exploding_norm, positive=True, allow_inf=True)
+        check_number("Thresholds.jump_factor", self.jump_factor, positive=True, allow_inf=True)
+        if self.jump_factor <= 1:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"Thresholds.jump_factor={self.jump_factor!r} must be > 1 (use inf to disable).")
+        check_int("Thresholds.jump_warmup", self.jump_warmup, minimum=0)
+        check_number("Thresholds.baseline_beta", self.baseline_beta, nonnegative=True, below=1.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,553 @@
+"""The watcher: the engine that every adapter (the Lightning callback, the hooks) drives.
+
+Per step it reduces the gradients on the device (:mod:`gradwatch.stats`), clips them (:mod:`gradwatch.clipping`),
+and queues one packed vector of results. The vector reaches the host once per logged step (one transfer, non-blocking
+into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch.rules`) and written to the sinks. A step
+needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``) or when the caller
+reads a value of the step's report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_choice, check_int
+from .advice import ModelTraits
+from .clipping import Clipper, as_clipper
+from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from .history import SymptomHistory
+from .layers import Layer, discover_layers, unwrap_model
+from .rules import HostStats, RuleState, evaluate
+from .sinks import Sink, TensorBoardSink
+from .stats import StatsEngine
+from .symptoms import LayerStats, Symptom
+from .thresholds import Thresholds
+
+__all__ = ["GradWatchWarning", "NonFiniteAction", "StepReport", "Watcher", "watch"]
+
+logger = logging.getLogger("gradwatch")
+
+NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
+SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding")
+
+
+class GradWatchWarning(UserWarning):
+    """Warning category of gradwatch (non-finite gradients under ``on_nonfinite="warn"``)."""
+
+
+@dataclass
+class _Record:
+    """One step, from the device result to its processed host form."""
+
+    step: int
+    logged: bool
+    packed: Tensor | None  # device vector, dropped once on the host
+    has_grad: list[bool]
+    numel: list[int]
+    extra_tags: list[str]
+    extra_values: dict[str, float]
+    skipped: bool = False
+    sent: bool = False
+    host_vec: np.ndarray | None = None
+    stats: HostStats | None = None
+    symptoms: list[Symptom] = field(default_factory=list)
+    layer_stats: dict[str, LayerStats] | None = None
+
+
+@dataclass
+class _Transfer:
+    records: list[_Record]
+    buffer: Tensor
+    event: Any  # torch.cuda.Event
+
+
+class StepReport:
+    """What one :meth:`Watcher.step` found. Values materialise on first access: reading one may wait for the device.
+
+    Attributes:
+        step: the step number (0-based count of ``watcher.step()`` calls).
+        skipped: ``True`` when ``on_nonfinite="skip"`` dropped this step's gradients.
+        logged: whether this was a logging step (``every_n_steps``).
+    """
+
+    __slots__ = ("_record", "_resolve")
+
+    def __init__(self, record: _Record, resolve: Any) -> None:
+        self._record = record
+        self._resolve = resolve
+
+    @property
+    def step(self) -> int:
+        return self._record.step
+
+    @property
+    def skipped(self) -> bool:
+        return self._record.skipped
+
+    @property
+    def logged(self) -> bool:
+        return self._record.logged
+
+    def _host(self) -> _Record:
+        if self._record.stats is None:
+            self._resolve(self._record)
+        return self._record
+
+    @property
+    def layers(self) -> Mapping[str, LayerStats]:
+        """Per-layer statistics, by layer name, in registration order."""
+        rec = self._host()
+        if rec.layer_stats is None:
+            rec.layer_stats = _layer_stats(rec.stats)  # type: ignore[arg-type]
+        return rec.layer_stats
+
+    @property
+    def global_norm(self) -> float:
+        """Global L2 norm over every watched gradient, before clipping."""
+        return self._host().stats.global_norm  # type: ignore[union-attr]
+
+    @property
+    def clipped_norm(self) -> float:
+        """Global L2 norm after clipping (equal to ``global_norm`` without a clipper)."""
+        return self._host().stats.clipped_norm  # type: ignore[union-attr]
+
+    @property
+    def symptoms(self) -> list[Symptom]:
+        """Every symptom holding at this step."""
+        return list(self._host().symptoms)
+
+    @property
+    def extras(self) -> Mapping[str, float]:
+        """Additional values of this step by tag (what the clipper did, for example)."""
+        return dict(self._host().extra_values)
+
+    def __repr__(self) -> str:
+        if self._record.stats is None:
+            return f"StepReport(step={self.step}, skipped={self.skipped}, <not yet on the host>)"
+        kinds = sorted({s.kind for s in self._record.symptoms})
+        return (f"StepReport(step={self.step}, global_norm={self.global_norm:.4g}, skipped={self.skipped}, "
+                f"symptoms={kinds})")
+
+
+def _layer_stats(stats: HostStats) -> dict[str, LayerStats]:
+    out = {}
+    codes = {0: None, 1: "nan", 2: "inf"}
+    for i, name in enumerate(stats.names):
+        has = bool(stats.has_grad[i])
+        out[name] = LayerStats(
+            grad_norm=float(stats.grad_norm[i]) if has else None,
+            grad_max=float(stats.grad_max[i]) if has else None,
+            param_norm=float(stats.param_norm[i]) if stats.param_norm is not None else None,
+            nonfinite=codes[int(stats.nonfinite[i])] if has else None,  # type: ignore[arg-type]
+            numel=int(stats.numel[i]),
+        )
+    return out
+
+
+class Watcher:
+    """Watches a model's gradients: statistics, symptoms, clipping and actions. Create it with :func:`watch`.
+
+    Call :meth:`step` once per optimizer step, after ``backward()`` (and after ``scaler.unscale_(optimizer)`` under
+    AMP), before ``optimizer.step()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        writer: Any = None,
+        every_n_steps: int = 1,
+        thresholds: Thresholds | None = None,
+        clip: float | Clipper | None = None,
+        on_nonfinite: NonFiniteAction = "warn",
+        layers: str | Sequence[str] | None = None,
+        sinks: Sequence[Sink] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
+        if log_dir is not None and writer is not None:
+            raise ConfigurationError("Pass log_dir= or writer=, not both: log_dir makes a new SummaryWriter.")
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise ConfigurationError(f"log_dir={log_dir!r} must be a path (str or os.PathLike).")
+        if writer is not None and not (hasattr(writer, "add_scalar") and hasattr(writer, "add_text")):
+            raise ConfigurationError(f"writer={writer!r} must be a SummaryWriter (something with add_scalar and add_text).")
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
+        if thresholds is None:
+            thresholds = Thresholds()
+        if not isinstance(thresholds, Thresholds):
+            raise ConfigurationError(f"thresholds={thresholds!r} must be a gradwatch.Thresholds or None.")
+        self.thresholds = thresholds
+        self.clipper = as_clipper(clip)
+        self.on_nonfinite: NonFiniteAction = check_choice(  # type: ignore[assignment]
+            "on_nonfinite", on_nonfinite, get_args(NonFiniteAction))
+        sinks = list(sinks)
+        for s in sinks:
+            if not isinstance(s, Sink):
+                raise ConfigurationError(f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
+        self._layers: list[Layer] = discover_layers(model, layers)
+        self.layer_names: list[str] = [layer.name for layer in self._layers]
+        self._model_ref: weakref.ref[nn.Module] = weakref.ref(model)
+        self._engine = StatsEngine(self._layers)
+        self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
+        self._rules = RuleState(len(self._layers))
+        self.history = SymptomHistory()
+        if log_dir is not None or writer is not None:
+            sinks.insert(0, TensorBoardSink(log_dir=log_dir, writer=writer))
+        self.sinks: list[Sink] = sinks
+        self._step = 0
+        self._pending: list[_Record] = []
+        self._transfers: list[_Transfer] = []
+        self._closed = False
+        self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def steps_taken(self) -> int:
+        """Number of completed :meth:`step` calls (the next step's number)."""
+        return self._step
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The watched model, or ``None`` once it was garbage-collected or the watcher closed."""
+        return self._model_ref()
+
+    @property
+    def log_dir(self) -> str | None:
+        for s in self.sinks:
+            if isinstance(s, TensorBoardSink):
+                return s.log_dir
+        return None
+
+    def step(self) -> StepReport:
+        """Measure this step's gradients, clip them, act on non-finite values, and log.
+
+        Returns:
+            The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
+            step free of host syncs (on CUDA).
+
+        Raises:
+            NonFiniteGradientError: with ``on_nonfinite="raise"``, after the logs were flushed.
+        """
+        self._check_open()
+        step = self._step
+        logged = step % self.every_n_steps == 0
+        self._collect_ready()
+        dev = self._engine.compute()
+        record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
+                         extra_tags=[], extra_values={})
+        bad = False
+        if self.on_nonfinite in ("skip", "raise"):
+            # Intended host sync: the decision to skip or raise must be known before optimizer.step().
+            bad = bool(dev.nonfinite.any())
+            if bad:
+                logged = record.logged = True
+        clipped = dev.total_norm
+        extras: list[Tensor] = []
+        if self.clipper is not None and not bad:
+            result = self.clipper.clip(dev.batch)
+            clipped = result.clipped_norm if result.clipped_norm is not None else dev.batch.recompute_total_norm()
+            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef)):
+                if isinstance(value, Tensor):
+                    record.extra_tags.append(tag)
+                    extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
+                elif value is not None:
+                    record.extra_values[tag] = float(value)
+        parts = [dev.layer_sumsq, dev.layer_max, dev.nonfinite, dev.total_norm.reshape(1),
+                 clipped.reshape(1).to(dev.total_norm.dtype), *extras]
+        if logged:
+            parts.append(self._engine.param_norms())
+        record.packed = torch.cat(parts)
+        self._pending.append(record)
+        self._step += 1
+        report = StepReport(record, self._resolve)
+        if bad:
+            self._resolve(record)
+            if self.on_nonfinite == "raise":
+                self.flush()
+                layers = {s.layer: ("nan" if s.value != s.value else "inf") for s in record.symptoms
+                          if s.kind == "nonfinite" and s.layer is not None}
+                raise NonFiniteGradientError(
+                    f"Non-finite gradients at step {step} in {len(layers)} layer(s): "
+                    + ", ".join(f"{k} ({v})" for k, v in layers.items())
+                    + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
+                    step=step, layers=layers)
+            self._skip()
+            record.skipped = True
+        elif logged or record.packed.device.type == "cpu":
+            self._send()
+        return report
+
+    def flush(self) -> None:
+        """Bring every pending step to the host, evaluate it, and flush the sinks."""
+        if self._pending:
+            self._resolve(self._pending[-1])
+        for s in self.sinks:
+            self._safe(s, "flush")
+
+    def close(self) -> None:
+        """Flush, close what gradwatch opened, remove what it attached to the model, drop every reference to it."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            for handle in self._cleanups:
+                handle.remove()
+            self._cleanups.clear()
+            for s in self.sinks:
+                self._safe(s, "close")
+            self._engine.close()
+            self._layers = []
+            self._model_ref = weakref.ref(_DEAD)
+            self._transfers.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rule and clipper state (and the step counter), for checkpoints."""
+        if self._pending:
+            self._resolve(self._pending[-1])
+        return {
+            "version": 1,
+            "step": self._step,
+            "layers": list(self.layer_names),
+            "rules": self._rules.state_dict(),
+            "clipper": self.clipper.state_dict() if self.clipper is not None else {},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output. The watched layers must be the same."""
+        if state.get("version") != 1:
+            raise ConfigurationError(f"Unknown gradwatch state version {state.get('version')!r}; expected 1.")
+        if list(state["layers"]) != self.layer_names:
+            raise ConfigurationError("The checkpoint's watched layers differ from this watcher's: "
+                                     f"{list(state['layers'])[:5]}... vs {self.layer_names[:5]}...")
+        if self._pending:
+            self._resolve(self._pending[-1])
+        self._step = int(state["step"])
+        self._rules.load_state_dict(state["rules"])
+        if self.clipper is not None:
+            self.clipper.load_state_dict(dict(state["clipper"]))
+
+    def summary(self) -> str:
+        """A short table of every symptom seen so far: kind, layer, count, first and last step."""
+        if self._pending and not self._closed:
+            self._resolve(self._pending[-1])
+        return self.history.format()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.layer_names)} layers, step {self._step}"
+        return f"Watcher({state}, every_n_steps={self.every_n_steps}, clip={self.clipper!r}, on_nonfinite={self.on_nonfinite!r})"
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GradWatchError("This watcher is closed; create a new one with gradwatch.watch(model).")
+
+    def add_cleanup(self, handle: Any) -> None:
+        """Register something with a ``remove()`` method (a hook handle) to be removed by :meth:`close`."""
+        self._cleanups.append(handle)
+
+    def _skip(self) -> None:
+        model = self._model_ref()
+        params = model.parameters() if model is not None else self._engine.params
+        for p in params:
+            p.grad = None
+
+    def _send(self) -> None:
+        """Move every step not yet on its way to the host, as one vector: one transfer per logged step."""
+        records = [r for r in self._pending if not r.sent]
+        if not records:
+            return
+        for r in records:
+            r.sent = True
+        payload = torch.cat([r.packed for r in records])  # type: ignore[misc]
+        if payload.device.type == "cpu":
+            self._distribute(records, payload.numpy())
+        elif payload.device.type == "cuda":
+            buffer = torch.empty(payload.shape, dtype=payload.dtype, pin_memory=True)
+            buffer.copy_(payload, non_blocking=True)  # not a sync: read once the event says it has landed
+            event = torch.cuda.Event()
+            event.record()
+            self._transfers.append(_Transfer(records, buffer, event))
+        else:
+            self._distribute(records, payload.cpu().numpy())  # Intended host sync: other devices have no event API here.
+
+    @staticmethod
+    def _distribute(records: list[_Record], vec: np.ndarray) -> None:
+        offset = 0
+        for r in records:
+            n = r.packed.numel()  # type: ignore[union-attr]
+            r.host_vec = np.array(vec[offset:offset + n], dtype=np.float64)
+            r.packed = None
+            offset += n
+
+    def _collect_ready(self, *, wait: bool = False) -> None:
+        while self._transfers:
+            t = self._transfers[0]
+            if not wait and not t.event.query():
+                break
+            t.event.synchronize()  # Intended host sync, only when waiting: the copy was queued a step or more ago.
+            self._distribute(t.records, t.buffer.numpy())
+            self._transfers.pop(0)
+        self._process_ready()
+
+    def _resolve(self, record: _Record) -> None:
+        """Bring ``record`` and every earlier step to the host and evaluate them (a sync if not there yet)."""
+        if record.stats is not None:
+            return
+        self._send()
+        self._collect_ready(wait=True)
+
+    def _process_ready(self) -> None:
+        while self._pending and self._pending[0].host_vec is not None:
+            self._process(self._pending.pop(0))
+
+    def _process(self, r: _Record) -> None:
+        n = len(self.layer_names)
+        v = r.host_vec
+        assert v is not None  # invariant of _process_ready, not a validation
+        n_extra = len(r.extra_tags)
+        base = 3 * n + 2
+        stats = HostStats(
+            step=r.step, names=self.layer_names, grad_norm=np.sqrt(v[:n]), grad_max=v[n:2 * n],
+            nonfinite=v[2 * n:3 * n].astype(np.int64), has_grad=np.asarray(r.has_grad, dtype=bool),
+            numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(v[3 * n]), clipped_norm=float(v[3 * n + 1]),
+            param_norm=v[base + n_extra:base + n_extra + n] if r.logged else None,
+        )
+        for i, tag in enumerate(r.extra_tags):
+            r.extra_values[tag] = float(v[base + i])
+        stats.extras = r.extra_values
+        symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+        r.stats, r.symptoms, r.host_vec = stats, symptoms, None
+        self.history.extend(symptoms)
+        scalars: dict[str, float] = {}
+        if r.logged:
+            scalars.update(_scalars(stats))
+            scalars.update(r.extra_values)
+        if r.logged or symptoms:
+            counts = dict.fromkeys(SYMPTOM_KINDS, 0.0)
+            for s in symptoms:
+                counts[s.kind] = counts.get(s.kind, 0.0) + 1
+            scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
+        onset_ids = {id(s) for s in onsets}
+        alerts = [s for s in symptoms if s.kind == "nonfinite" or id(s) in onset_ids]
+        for sink in self.sinks:
+            self._safe(sink, "write_scalars", r.step, scalars)
+            if alerts:
+                self._safe(sink, "write_alerts", r.step, alerts)
+        self._announce(r.step, symptoms, onsets)
+
+    def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
+        nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
+        if nonfinite and self.on_nonfinite in ("warn", "skip"):
+            what = ", ".join(f"{s.layer} ({'NaN' if s.value != s.value else 'Inf'})" for s in nonfinite)
+            action = " The step was skipped." if self.on_nonfinite == "skip" else ""
+            warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
+                          f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
+        for s in onsets:
+            if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
+                logger.warning("gradwatch: %s", s.message)
+
+    def _safe(self, sink: Sink, method: str, *args: Any) -> None:
+        """A sink that fails (disk full, closed writer) is reported once and dropped; training goes on."""
+        try:
+            getattr(sink, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - a diagnostics sink must never stop training
+            if method == "close":
+                return
+            warnings.warn(f"gradwatch: sink {sink!r} failed in {method} ({exc!r}); it is disabled from now on.",
+                          GradWatchWarning, stacklevel=3)
+            if sink in self.sinks:
+                self.sinks.remove(sink)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layer_names)
+
+
+def _scalars(stats: HostStats) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for i, name in enumerate(stats.names):
+        if stats.has_grad[i]:
+            out[f"gradwatch/grad_norm/{name}"] = float(stats.grad_norm[i])
+            out[f"gradwatch/grad_max/{name}"] = float(stats.grad_max[i])
+        if stats.param_norm is not None:
+            out[f"gradwatch/param_norm/{name}"] = float(stats.param_norm[i])
+    out["gradwatch/global/grad_norm"] = stats.global_norm
+    out["gradwatch/global/grad_norm_clipped"] = stats.clipped_norm
+    return out
+
+
+class _Dead(nn.Module):
+    pass
+
+
+_DEAD = _Dead()
+
+
+def watch(
+    model: nn.Module,
+    *,
+    log_dir: str | os.PathLike[str] | None = None,
+    writer: Any = None,
+    every_n_steps: int = 1,
+    thresholds: Thresholds | None = None,
+    clip: float | Clipper | None = None,
+    on_nonfinite: NonFiniteAction = "warn",
+    layers: str | Sequence[str] | None = None,
+    sinks: Sequence[Sink] = (),
+) -> Watcher:
+    """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
+
+    Args:
+        model: any ``nn.Module`` (DDP and ``torch.compile`` wrappers are seen through for layer names).
+        log_dir: write TensorBoard event files there (a new ``SummaryWriter``, closed by ``close()``).
+        writer: or write through this ``SummaryWriter`` (flushed, never closed by gradwatch).
+        every_n_steps: write per-layer scalars every this many steps (>= 1). Symptoms are logged whenever they occur.
+        thresholds: the rules' parameters; ``None`` for the calibrated defaults (:class:`Thresholds`).
+        clip: ``None``; a float (global L2 max norm, as ``clip_grad_norm_``); or a clipper from
+            :mod:`gradwatch.clipping`.
+        on_nonfinite: ``"warn"`` (symptom and Python warning), ``"raise"`` (flush logs, raise
+            :class:`~gradwatch.NonFiniteGradientError`), ``"skip"`` (set every gradient to ``None`` so
+            ``optimizer.step()`` changes nothing; ``report.skipped``), ``"ignore"`` (symptom and logs only).
+        layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
+            the global norm and clipping all cover the watched layers only.
+        sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
+
+    Returns:
+        A :class:`Watcher`; also a context manager that closes it.
+
+    Raises:
+        ConfigurationError: for any invalid argument, naming the value and the valid choices.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import gradwatch
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> with gradwatch.watch(model) as watcher:
+    ...     model(torch.randn(16, 4)).pow(2).mean().backward()
+    ...     report = watcher.step()
+    >>> sorted(report.layers)
+    ['0', '2']
+    >>> report.symptoms
+    []
+    """
+    return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks)
