@@ -230,8 +230,14 @@ class Watcher:
                 return s.log_dir
         return None
 
-    def step(self) -> StepReport:
+    def step(self, *, loss: Tensor | float | None = None, global_step: int | None = None) -> StepReport:
         """Measure this step's gradients, clip them, act on non-finite values, and log.
+
+        Args:
+            loss: this step's loss (a tensor or a float), logged as ``gradwatch/loss``; read on the host only with
+                the rest of the step's values.
+            global_step: the step number to use (adapters pass the trainer's step); by default the watcher counts
+                its own calls. Logging happens when ``global_step % every_n_steps == 0``.
 
         Returns:
             The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
@@ -241,6 +247,8 @@ class Watcher:
             NonFiniteGradientError: with ``on_nonfinite="raise"``, after the logs were flushed.
         """
         self._check_open()
+        if global_step is not None:
+            self._step = check_int("global_step", global_step, minimum=0)
         step = self._step
         logged = step % self.every_n_steps == 0
         self._collect_ready()
@@ -264,6 +272,10 @@ class Watcher:
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
                 elif value is not None:
                     record.extra_values[tag] = float(value)
+        if loss is not None:
+            record.extra_tags.append("gradwatch/loss")
+            loss_t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+            extras.append(loss_t.reshape(1).to(dev.total_norm.device, dev.total_norm.dtype, non_blocking=True))
         parts = [dev.layer_sumsq, dev.layer_max, dev.nonfinite, dev.total_norm.reshape(1),
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
