@@ -474,9 +474,16 @@ class Watcher:
             action = " The step was skipped." if self.on_nonfinite == "skip" else ""
             warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
                           f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
+        by_kind: dict[str, list[Symptom]] = {}
         for s in onsets:
             if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
-                logger.warning("gradwatch: %s", s.message)
+                by_kind.setdefault(s.kind, []).append(s)
+        for kind, group in by_kind.items():
+            if len(group) == 1:
+                logger.warning("gradwatch: %s", group[0].message)
+            else:  # one message per kind and step: the first layer's full text, the others by name
+                names = ", ".join(s.layer or "(model)" for s in group[1:])
+                logger.warning("gradwatch: %s Also %s at: %s.", group[0].message, kind, names)
 
     def _safe(self, sink: Sink, method: str, *args: Any) -> None:
         """A sink that fails (disk full, closed writer) is reported once and dropped; training goes on."""
