@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -198,7 +198,7 @@ class Watcher:
                 raise ConfigurationError(f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
         self._layers: list[Layer] = discover_layers(model, layers)
         self.layer_names: list[str] = [layer.name for layer in self._layers]
-        self._model_ref: weakref.ref[nn.Module] = weakref.ref(model)
+        self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
         self._engine = StatsEngine(self._layers)
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
@@ -305,7 +305,7 @@ class Watcher:
         """Bring every pending step to the host, evaluate it, and flush the sinks."""
         if self._pending:
             self._resolve(self._pending[-1])
-        for s in self.sinks:
+        for s in list(self.sinks):
             self._safe(s, "flush")
 
     def close(self) -> None:
@@ -319,11 +319,11 @@ class Watcher:
             for handle in self._cleanups:
                 handle.remove()
             self._cleanups.clear()
-            for s in self.sinks:
+            for s in list(self.sinks):
                 self._safe(s, "close")
             self._engine.close()
             self._layers = []
-            self._model_ref = weakref.ref(_DEAD)
+            self._model_ref = _no_model
             self._transfers.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -461,7 +461,7 @@ class Watcher:
             scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
         onset_ids = {id(s) for s in onsets}
         alerts = [s for s in symptoms if s.kind == "nonfinite" or id(s) in onset_ids]
-        for sink in self.sinks:
+        for sink in list(self.sinks):  # a copy: a failing sink removes itself
             self._safe(sink, "write_scalars", r.step, scalars)
             if alerts:
                 self._safe(sink, "write_alerts", r.step, alerts)
@@ -514,11 +514,8 @@ def _scalars(stats: HostStats) -> dict[str, float]:
     return out
 
 
-class _Dead(nn.Module):
-    pass
-
-
-_DEAD = _Dead()
+def _no_model() -> nn.Module | None:
+    return None
 
 
 def watch(
