@@ -35,7 +35,7 @@ class XorNet(nn.Module):
     """Input layer, ``depth`` hidden sigmoid layers of ``width`` units, sigmoid output.
 
     >>> [name for name, _ in XorNet(depth=2).named_children()]
-    ['input', 'hidden', 'out']
+    ['input', 'hidden', 'out', 'act']
     """
 
     def __init__(self, *, residual: bool = False, depth: int = 10, width: int = 4) -> None:
