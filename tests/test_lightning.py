@@ -378,10 +378,24 @@ def test_hooks_registered_on_the_watcher_are_removed_at_teardown_and_on_exceptio
         assert closed(cb, model)
 
 
-# ---------------------------------------------------------------------------------------------------------- AMP (GPU)
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed's GradScaler needs a CUDA device")
-def test_16_mixed_scaler_overflow_is_an_event_until_it_persists(tmp_path: Any) -> None:
+# ---------------------------------------------------------------------------------------------------------- AMP (fp16)
+def fp16_trainer(pl: Any, tmp_path: Any, device: str, callbacks: list[Any], **kw: Any) -> Any:
+    """``precision="16-mixed"`` on the GPU; on the CPU the same plugin with a CPU GradScaler (Lightning's flag would
+    turn 16-mixed into bf16-mixed there)."""
+    common = dict(default_root_dir=tmp_path, devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **kw)
+    if device == "cuda":
+        return pl.Trainer(accelerator="gpu", precision="16-mixed", **common)
+    plugin = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    return pl.Trainer(accelerator="cpu", plugins=[plugin], **common)
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                     reason="needs a CUDA device")]),
+])
+def test_16_mixed_scaler_overflow_is_an_event_until_it_persists(device: str, tmp_path: Any) -> None:
     pl = ns("lightning.pytorch")
 
     class Overflow(pl.Callback):
@@ -394,25 +408,28 @@ def test_16_mixed_scaler_overflow_is_an_event_until_it_persists(tmp_path: Any) -
     sink = MemorySink()
     p = probe(pl)
     cb = GradWatchCallback(every_n_steps=1, sinks=[sink], amp_overflow_patience=3, on_nonfinite="warn")
-    t = pl.Trainer(default_root_dir=tmp_path, accelerator="gpu", devices=1, precision="16-mixed", max_steps=10,
-                   logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   callbacks=[Overflow(), p, cb])
+    t = fp16_trainer(pl, tmp_path, device, [Overflow(), p, cb], max_steps=10)
     t.fit(module_class(pl)(), data(10))
+
     overflows = dict(sink.series("gradwatch/amp/overflows"))
-    assert overflows[0] == 0 and overflows[1] == 1 and overflows[9] == 6
+    assert [overflows[s] for s in range(10)] == [0, 1, 1, 1, 2, 3, 4, 5, 6, 6]
     scales = dict(sink.series("gradwatch/amp/scale"))
-    assert scales[2] == scales[1] / 2  # the scaler halved its scale after the overflow
-    assert torch.equal(*p.weights[1])  # the scaler skipped that step
-    nonfinite_steps = sorted({a.step for a in sink.alerts if a.kind == "nonfinite"})
-    assert nonfinite_steps == [6]  # the 3rd consecutive overflow (steps 4, 5, 6) is the onset; 1 was an event only
-    counts = dict(sink.series("gradwatch/symptoms/nonfinite"))
-    assert counts[1] == 0 and counts[6] > 0 and counts[8] > 0
+    assert scales[0] == 2.0**16 and scales[2] == scales[1] / 2  # the scaler halved its scale after the overflow
+    assert torch.equal(*p.weights[1]) and torch.equal(*p.weights[6])  # the scaler skipped those steps
+    assert not torch.equal(*p.weights[2])
+    # Steps 1, 4, 5: events only. From the 3rd consecutive overflow (step 6) on: nonfinite symptoms, alerted once.
+    nonfinite = dict(sink.series("gradwatch/symptoms/nonfinite"))
+    assert [s for s in range(10) if nonfinite.get(s, 0) > 0] == [6, 7, 8]
+    assert [(a.step, a.layer) for a in sink.alerts if a.kind == "nonfinite"] == [(6, "net.0"), (7, "net.0"),
+                                                                                (8, "net.0")]
+    assert "3 consecutive steps" in sink.alerts[0].message
+    assert not [a for a in sink.alerts if a.kind == "exploding"]
     history = {(e.kind, e.layer): e for e in cb.watcher.history.summaries()}
-    assert history[("amp_overflow", None)].count == 3  # steps 1, 4, 5
-    assert history[("amp_overflow", None)].first_step == 1
-    for step, value in sink.series("gradwatch/grad_norm/net.2"):
-        if step in (0, 2, 3, 9):
-            assert value == pytest.approx(p.norms[step]["net.2"], rel=1e-5)  # unscaled gradients
+    assert (history[("amp_overflow", None)].count, history[("amp_overflow", None)].first_step) == (3, 1)
+    assert history[("nonfinite", "net.0")].first_step == 6
+    for step in (0, 2, 3, 9):
+        assert dict(sink.series("gradwatch/grad_norm/net.2"))[step] == pytest.approx(p.norms[step]["net.2"], rel=1e-5)
+    assert dict(sink.series("gradwatch/loss"))[0] < 10  # the unscaled loss, not loss * 65536
 
 
 # ---------------------------------------------------------------------------------------------------------- imports
@@ -435,3 +452,19 @@ def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
 def test_one_callback_class_is_a_callback_of_both_namespaces() -> None:
     for name in NAMESPACES:
         assert isinstance(GradWatchCallback(), ns(name).Callback)
+
+
+def test_rnn_clipping_example_keeps_the_weights_finite(tmp_path: Any) -> None:
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "lightning_rnn_clipping.py")
+    spec = importlib.util.spec_from_file_location("lightning_rnn_clipping", path)
+    example = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(example)  # type: ignore[union-attr]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the RNN's small ops are slower with threads fighting over 2 cores
+    try:
+        assert example.run("clipped", 1.0, steps=4, lr=0.05, log_dir=str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    assert glob.glob(os.path.join(tmp_path, "clipped", "version_0", "events.out.tfevents.*"))
