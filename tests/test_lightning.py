@@ -378,6 +378,25 @@ def test_hooks_registered_on_the_watcher_are_removed_at_teardown_and_on_exceptio
         assert closed(cb, model)
 
 
+def test_layers_created_in_configure_model_are_watched(tmp_path: Any) -> None:
+    pl = ns("lightning.pytorch")
+
+    class Late(module_class(pl)):  # type: ignore[misc]
+        def __init__(self) -> None:
+            pl.LightningModule.__init__(self)
+            self.lr = 0.1
+
+        def configure_model(self) -> None:
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    sink = MemorySink()
+    p = probe(pl)
+    trainer(pl, tmp_path, [p, GradWatchCallback(every_n_steps=1, sinks=[sink])], max_steps=2).fit(Late(), data(2))
+    assert [s for s, _ in sink.series("gradwatch/grad_norm/net.2")] == [0, 1]
+    assert sink.series("gradwatch/grad_norm/net.2")[1][1] == pytest.approx(p.norms[1]["net.2"], rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------- AMP (fp16)
 def fp16_trainer(pl: Any, tmp_path: Any, device: str, callbacks: list[Any], **kw: Any) -> Any:
     """``precision="16-mixed"`` on the GPU; on the CPU the same plugin with a CPU GradScaler (Lightning's flag would

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
+from typing_extensions import override  # a dependency of both Lightning packages
 
 from ._lightning_compat import callback_bases, grad_scaler
 from ._lightning_sinks import LoggerSink, sinks_for_loggers
@@ -128,12 +129,14 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self._active = False  # a watcher is open (between setup and teardown)
 
     @property
+    @override
     def state_key(self) -> str:
         # Stable across runs: the clipper's class, not its repr (a stateful clipper's repr shows its state).
         clip = None if self.clip is None else type(self.clip).__name__
         return self._generate_state_key(layers=self.layers, clip=clip)
 
     # ------------------------------------------------------------------ lifecycle
+    @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
@@ -141,6 +144,16 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         if message is not None:
             raise ConfigurationError(message)
         self._close()
+        if any(True for _ in pl_module.parameters()):
+            self._build(trainer, pl_module)
+        # else: the layers are created in configure_model(), after setup: the watcher is built in on_fit_start.
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._active:
+            self._build(trainer, pl_module)
+
+    def _build(self, trainer: Any, pl_module: Any) -> None:
         self._rank_zero = bool(trainer.is_global_zero)
         sinks: list[Sink] = []
         if self._rank_zero:  # other ranks compute and decide, but never write
@@ -156,11 +169,13 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             self._pending_state = None
         self._loss = None
 
+    @override
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
         # Losses backpropagated since the last optimizer step (Lightning divides them by accumulate_grad_batches).
         loss = loss.detach()
         self._loss = loss if self._loss is None else self._loss + loss
 
+    @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         watcher = self.watcher
         if watcher is None or not self._active:
@@ -185,14 +200,17 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         if self.progress_bar and report.logged:
             pl_module.log("grad_norm", report.global_norm, prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
+    @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.watcher is not None and self.summary and trainer.is_global_zero:
             print(self.watcher.summary())
 
+    @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._close()
 
+    @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._close()  # Lightning does not call teardown after an exception
 
@@ -204,12 +222,14 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             self.watcher.close()
 
     # ------------------------------------------------------------------ checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The watcher's rule and clipper state (Lightning stores it in the checkpoint's ``callbacks``)."""
         if self.watcher is not None:
             return self.watcher.state_dict()  # a closed watcher still has its final state
         return dict(self._pending_state or {})
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output now, or at ``setup`` if the watcher does not exist yet."""
         if not state_dict:
