@@ -9,7 +9,9 @@ reads a value of the step's report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import warnings
 import weakref
@@ -63,6 +65,10 @@ class _Record:
     stats: HostStats | None = None
     symptoms: list[Symptom] = field(default_factory=list)
     layer_stats: dict[str, LayerStats] | None = None
+    amp: bool = False  # the gradients were unscaled by a dynamic loss scaler (fp16 AMP)
+    amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
+    amp_streak: int = 0  # consecutive overflow steps up to this one
+    amp_overflows: int = 0  # overflow steps so far
 
 
 @dataclass
@@ -211,6 +217,10 @@ class Watcher:
         self._transfers: list[_Transfer] = []
         self._closed = False
         self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+        #: Consecutive fp16 loss-scaler overflows after which they are reported as ``nonfinite`` (see ``loss_scale``).
+        self.amp_overflow_patience = 20
+        self._amp_streak = 0
+        self._amp_overflows = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -230,7 +240,14 @@ class Watcher:
                 return s.log_dir
         return None
 
-    def step(self, *, loss: Tensor | float | None = None, global_step: int | None = None) -> StepReport:
+    def step(
+        self,
+        *,
+        loss: Tensor | float | None = None,
+        global_step: int | None = None,
+        loss_scale: Tensor | float | None = None,
+        reduce_flag: Callable[[Tensor], Tensor] | None = None,
+    ) -> StepReport:
         """Measure this step's gradients, clip them, act on non-finite values, and log.
 
         Args:
@@ -238,6 +255,15 @@ class Watcher:
                 the rest of the step's values.
             global_step: the step number to use (adapters pass the trainer's step); by default the watcher counts
                 its own calls. Logging happens when ``global_step % every_n_steps == 0``.
+            loss_scale: the current scale of a dynamic loss scaler (fp16 AMP's ``GradScaler``), whose gradients were
+                unscaled before this call. Non-finite gradients are then the scaler's business (it skips the
+                optimizer step and lowers the scale): they are counted as an ``amp_overflow`` event
+                (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore the step, unless the
+                overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
+                symptoms (and ``on_nonfinite`` acts).
+            reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
+                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
+                Called on every step where a decision is taken, on every process.
 
         Returns:
             The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
@@ -255,10 +281,25 @@ class Watcher:
         dev = self._engine.compute()
         record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
                          extra_tags=[], extra_values={})
+        amp = record.amp = loss_scale is not None
+        if amp:
+            # Intended host sync: the GradScaler reads its own Inf/NaN flags on the host in scaler.step() right after
+            # this call; overflow bookkeeping needs the same answer now.
+            overflow = record.amp_overflow = bool(dev.nonfinite.any())
+            self._amp_streak = self._amp_streak + 1 if overflow else 0
+            self._amp_overflows += int(overflow)
+            record.amp_streak, record.amp_overflows = self._amp_streak, self._amp_overflows
         bad = False
         if self.on_nonfinite in ("skip", "raise"):
+            if amp:
+                flag = torch.tensor(float(record.amp_overflow and record.amp_streak >= self.amp_overflow_patience),
+                                    dtype=dev.total_norm.dtype, device=dev.total_norm.device)
+            else:
+                flag = dev.nonfinite.amax() if dev.nonfinite.numel() else dev.total_norm.new_zeros(())
+            if reduce_flag is not None:
+                flag = reduce_flag(flag)
             # Intended host sync: the decision to skip or raise must be known before optimizer.step().
-            bad = bool(dev.nonfinite.any())
+            bad = bool(flag > 0)
             if bad:
                 logged = record.logged = True
         clipped = dev.total_norm
@@ -272,6 +313,10 @@ class Watcher:
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
                 elif value is not None:
                     record.extra_values[tag] = float(value)
+        if amp:
+            record.extra_tags.append("gradwatch/amp/scale")
+            scale_t = loss_scale.detach() if isinstance(loss_scale, Tensor) else torch.tensor(float(loss_scale))
+            extras.append(scale_t.reshape(1).to(dev.total_norm.device, dev.total_norm.dtype, non_blocking=True))
         if loss is not None:
             record.extra_tags.append("gradwatch/loss")
             loss_t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
@@ -336,6 +381,7 @@ class Watcher:
             "layers": list(self.layer_names),
             "rules": self._rules.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
+            "amp": {"streak": self._amp_streak, "overflows": self._amp_overflows},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -351,6 +397,9 @@ class Watcher:
         self._rules.load_state_dict(state["rules"])
         if self.clipper is not None:
             self.clipper.load_state_dict(dict(state["clipper"]))
+        amp = state.get("amp", {})
+        self._amp_streak = int(amp.get("streak", 0))
+        self._amp_overflows = int(amp.get("overflows", 0))
 
     def summary(self) -> str:
         """A short table of every symptom seen so far: kind, layer, count, first and last step."""
@@ -447,13 +496,24 @@ class Watcher:
         for i, tag in enumerate(r.extra_tags):
             r.extra_values[tag] = float(v[base + i])
         stats.extras = r.extra_values
-        symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+        persistent = r.amp_overflow and r.amp_streak >= self.amp_overflow_patience
+        if r.amp_overflow and not persistent:
+            symptoms, onsets = [], []  # the scaler's business: it skips this step; the rules do not see it
+            self.history.extend([_amp_event(r)])
+        else:
+            symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+            if persistent:
+                symptoms = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in symptoms]
+                onsets = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in onsets]
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
             scalars.update(_scalars(stats))
             scalars.update(r.extra_values)
+        if r.amp and (r.logged or r.amp_overflow):
+            scalars["gradwatch/amp/scale"] = r.extra_values["gradwatch/amp/scale"]
+            scalars["gradwatch/amp/overflows"] = float(r.amp_overflows)
         if r.logged or symptoms:
             counts = dict.fromkeys(SYMPTOM_KINDS, 0.0)
             for s in symptoms:
@@ -499,6 +559,24 @@ class Watcher:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.layer_names)
+
+
+def _amp_event(r: _Record) -> Symptom:
+    """An fp16 loss-scaler overflow: an event for the history, not a symptom (the scaler skips the step)."""
+    scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
+    return Symptom(kind="amp_overflow", layer=None, step=r.step, value=scale, threshold=math.inf, severity="warning",
+                   since=r.step - r.amp_streak + 1,
+                   message=(f"The fp16 GradScaler found Inf/NaN gradients at step {r.step} (loss scale {scale:g}) and "
+                            "skipped the optimizer step; now and then this is normal: the scaler lowers its scale."))
+
+
+def _amp_persistent(s: Symptom, r: _Record) -> Symptom:
+    """A ``nonfinite`` symptom whose message says that the scaler's overflows are no longer transient."""
+    scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
+    first, _, rest = s.message.partition(". ")
+    note = (f"The fp16 GradScaler has found Inf/NaN for {r.amp_streak} consecutive steps (loss scale now {scale:g}): "
+            "this is not a transient overflow but a real numerical problem.")
+    return dataclasses.replace(s, message=f"{first}. {note} {rest}".strip(), since=r.step - r.amp_streak + 1)
 
 
 def _scalars(stats: HostStats) -> dict[str, float]:
