@@ -51,7 +51,7 @@ def test_sigmoid_xor_is_flagged_vanishing_at_its_early_layers():
     assert names[-1] not in flagged_first
     first = next(s for r in reports for s in r.symptoms if s.kind == "vanishing")
     assert first.step == gradwatch.Thresholds().vanishing_patience - 1
-    assert "Depth profile" in first.message and "input side" in first.message
+    assert "Depth profile" in first.message and "on the input side" in first.message
     assert "sigmoid" in first.message and "residual connections" in first.message
 
 

@@ -103,7 +103,7 @@ def describe(result: XorResult) -> str:
                      f"{', '.join(early)}.")
         if later:
             lines.append(f"          Later also at {', '.join(later)} (the whole stack stalled).")
-        lines.append("          " + vanishing[0].message)
+        lines.append("          " + vanishing[0].first_message)
     for s in others:
         lines.append(f"          gradwatch: {s.kind} at {s.layer or 'model'}, steps {s.first_step}-{s.last_step}")
     if not result.history:

@@ -143,11 +143,17 @@ def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, st
     n = len(names)
     first, last = names[firing[0]], names[firing[-1]]
     weakest_i = int(firing[np.argmin(rms[firing])])
-    side = "input" if firing.mean() < (n - 1) / 2 else "output"
-    fall = rms[strongest_i] / rms[weakest_i] if rms[weakest_i] > 0 else math.inf
-    span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
-    return (f"Depth profile: {firing.size} of {n} layers starved ({span}, the {side} side, in registration order); "
-            f"the gradient RMS falls {fall:.1e}x from '{names[strongest_i]}' to '{names[weakest_i]}'.")
+    if firing.size == n:
+        where = f"all {n} layers starved: the whole network has stalled"
+    else:
+        side = "input" if firing.mean() < (n - 1) / 2 else "output"
+        span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
+        where = f"{firing.size} of {n} layers starved ({span}, on the {side} side, in registration order)"
+    if rms[weakest_i] > 0:
+        fall = f"the gradient RMS falls {rms[strongest_i] / rms[weakest_i]:.1e}x"
+    else:
+        fall = "the gradient RMS falls to exactly zero"
+    return f"Depth profile: {where}; {fall} from '{names[strongest_i]}' to '{names[weakest_i]}'."
 
 
 def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
