@@ -95,14 +95,13 @@ def flow_figure_png(
     stride = max(1, math.ceil(n / 60))
     ax.set_xticklabels([name if i % stride == 0 or name in flagged else "" for i, name in enumerate(names)],
                        rotation=90 if n > 8 else 0, fontsize=8)
-    top = ax.get_ylim()[1]
     for i, name in enumerate(names):
         kind = flagged.get(name)
         if kind is None:
             continue
         color = _KIND_COLORS.get(kind, "#9467bd")
         ax.get_xticklabels()[i].set_color(color)
-        ax.plot([i], [top], marker="v", color=color, markersize=9, clip_on=False)
+        ax.plot([i], [1.0], marker="v", color=color, markersize=9, clip_on=False, transform=ax.get_xaxis_transform())
     ax.set_xlabel("layer (input side left, output side right)")
     ax.set_ylabel("|gradient| (log scale)")
     ax.grid(axis="y", which="major", alpha=0.3)
@@ -114,7 +113,7 @@ def flow_figure_png(
         title = "gradwatch: gradient flow by layer" + (f", step {step}" if step is not None else "")
         if flagged:
             title += f" ({len(flagged)} layer{'s' if len(flagged) != 1 else ''} flagged)"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, pad=12)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
