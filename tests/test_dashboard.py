@@ -60,7 +60,7 @@ def test_layout_and_layers_table_are_written_once_per_run(tmp_path):
     (category,) = layout.category
     assert category.title == "gradwatch" and not category.closed
     charts = {c.title: list(c.multiline.tag) for c in category.chart}
-    assert charts["global gradient norm: before and after clipping, and the clip threshold"] == [
+    assert charts["global gradient norm before and after clipping, with the clip threshold"] == [
         "gradwatch/global/grad_norm$", "gradwatch/global/grad_norm_clipped$", "gradwatch/clip/threshold$"]
     assert charts["gradient norm by layer"] == ["gradwatch/grad_norm/"]
     assert charts["max |grad| by layer"] == ["gradwatch/grad_max/"]
@@ -80,7 +80,7 @@ def test_layout_and_layers_table_are_written_once_per_run(tmp_path):
 
 def test_layout_charts_follow_the_logged_tags():
     plain = [c.title for c in build_layout(["gradwatch/grad_norm/a"]).category[0].chart]
-    assert plain[0] == "global gradient norm: before and after clipping"
+    assert plain[0] == "global gradient norm before and after clipping, with the clip threshold"
     hooks = build_layout(["gradwatch/act_mean/a", "gradwatch/act_saturated_frac/a", "gradwatch/grad_out_norm/a"])
     titles = [c.title for c in hooks.category[0].chart]
     assert "activation mean by module" in titles and "fraction of saturated activations by module" in titles

@@ -29,6 +29,7 @@ from .layers import Layer
 __all__ = [
     "CATEGORY",
     "FLOW_TAG",
+    "GLOBAL_CHART",
     "LAYERS_TAG",
     "DashboardLogger",
     "HistogramOf",
@@ -44,6 +45,8 @@ __all__ = [
 CATEGORY = "gradwatch"
 #: Text tag holding the watched layers (depth order, type, parameter count), written once per run.
 LAYERS_TAG = "gradwatch/layers"
+#: Title of the first chart: the global norm before and after clipping, and the clip threshold when one is set.
+GLOBAL_CHART = "global gradient norm before and after clipping, with the clip threshold"
 #: Image tag of the gradient-flow figure.
 FLOW_TAG = "gradwatch/flow"
 
@@ -88,24 +91,22 @@ _OPTIONAL_CHARTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 def build_layout(tags: Sequence[str] = ()) -> Any:
     """The custom-scalars layout of a run whose first logging step wrote ``tags``.
 
-    Always: the global gradient norm before and after clipping (with the clip threshold when one is logged), every
+    Always: the global gradient norm before and after clipping (and the clip threshold, when one is logged), every
     layer's gradient norm on one chart, every layer's max |grad|, and the symptom counts by kind. Then the loss,
     clipping, parameter-norm, activation and AMP charts whose tags are present.
 
     >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
     >>> category = layout.category[0]
     >>> category.title, [chart.title for chart in category.chart][:2]
-    ('gradwatch', ['global gradient norm: before and after clipping, and the clip threshold', 'gradient norm by layer'])
+    ('gradwatch', ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer'])
     >>> list(category.chart[1].multiline.tag)
     ['gradwatch/grad_norm/']
     """
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     tags = list(tags)
-    has_clip = any(t.startswith("gradwatch/clip/threshold") for t in tags)
-    charts = [
-        ("global gradient norm: before and after clipping" + (", and the clip threshold" if has_clip else ""),
-         (r"gradwatch/global/grad_norm$", r"gradwatch/global/grad_norm_clipped$", r"gradwatch/clip/threshold$")),
+    charts = [  # constant titles: TensorBoard merges the layouts of every run, deduplicating equal charts
+        (GLOBAL_CHART, (r"gradwatch/global/grad_norm$", r"gradwatch/global/grad_norm_clipped$", r"gradwatch/clip/threshold$")),
         ("gradient norm by layer", (r"gradwatch/grad_norm/",)),
         ("max |grad| by layer", (r"gradwatch/grad_max/",)),
         ("symptoms by kind (layers affected per step)", (r"gradwatch/symptoms/",)),
