@@ -116,6 +116,7 @@ class TensorBoardSink:
         else:
             self._owns = False
         self.writer = writer
+        self._scalars_event = _ScalarSummary()
 
     @property
     def log_dir(self) -> str | None:
@@ -130,10 +131,7 @@ class TensorBoardSink:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
             return
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()])
-        file_writer.add_summary(summary, step)
+        file_writer.add_summary(self._scalars_event.summary(scalars), step)
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
         if not symptoms:
@@ -209,6 +207,61 @@ def text_summary(tag: str, text: str) -> Any:
     tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
                          tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
     return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
+
+
+class _ScalarSummary:
+    """Builds a ``Summary`` of many simple values from a cached byte template: the tags of a run's logged steps
+    rarely change, and serialising them once saves building one protobuf object per scalar at every step.
+
+    >>> from tensorboard.compat.proto.summary_pb2 import Summary
+    >>> _ScalarSummary().summary({"a": 1.5, "b/c": -2.0}) == Summary(value=[
+    ...     Summary.Value(tag="a", simple_value=1.5), Summary.Value(tag="b/c", simple_value=-2.0)])
+    True
+    """
+
+    def __init__(self) -> None:
+        self._tags: tuple[str, ...] = ()
+        self._template: Any = None
+        self._positions: Any = None
+
+    def summary(self, scalars: Mapping[str, float]) -> Any:
+        import numpy as np
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        tags = tuple(scalars)
+        if tags != self._tags:
+            self._build(tags)
+        with np.errstate(over="ignore"):  # float32 overflow is Inf, as protobuf's own conversion gives
+            values = np.fromiter(scalars.values(), dtype=np.float64, count=len(tags)).astype("<f4")
+        buf = self._template.copy()
+        buf[self._positions] = values.view(np.uint8).reshape(-1, 4)
+        return Summary.FromString(buf.tobytes())
+
+    def _build(self, tags: tuple[str, ...]) -> None:
+        import numpy as np
+
+        parts, positions, size = [], [], 0
+        for tag in tags:  # Summary.value (field 1) = Value{tag (field 1, string), simple_value (field 2, float)}
+            name = tag.encode("utf-8")
+            inner = b"\x0a" + _varint(len(name)) + name + b"\x15"
+            record = b"\x0a" + _varint(len(inner) + 4) + inner
+            positions.append(size + len(record))
+            parts.append(record + b"\x00\x00\x00\x00")
+            size += len(record) + 4
+        self._template = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
+        self._positions = np.asarray(positions, dtype=np.int64).reshape(-1, 1) + np.arange(4)
+        self._tags = tags
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _file_writer(writer: Any) -> Any:

@@ -6,8 +6,10 @@ packed vector to the host, once per logged step.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import torch
 from torch import Tensor, nn
@@ -71,13 +73,34 @@ class GradBatch:
 
 @dataclass
 class _Bucket:
-    """Parameters of one (device, dtype), with index tensors cached by which of them have a gradient."""
+    """Parameters of one (device, dtype), with index tensors cached by which of them have a gradient.
+
+    On the CPU the parameters are ordered small first: the first ``n_small`` (at most ``_FLAT_NUMEL`` entries each)
+    are reduced together from one flat copy, which costs one kernel for all of them instead of a few per tensor.
+    """
 
     device: torch.device
     dtype: torch.dtype
     params: list[nn.Parameter]
     layer_of: list[int]
     index_cache: dict[tuple[bool, ...] | None, Tensor] = field(default_factory=dict)
+    n_small: int = 0
+    lengths: Tensor | None = None  # numel of each of the first n_small parameters (long, CPU)
+    flat_views: list[Tensor] = field(default_factory=list)  # 1-D views of the first n_small parameters
+    view_ptrs: list[int] = field(default_factory=list)  # their data pointers, to notice `p.data = ...`
+
+    def small_param_views(self) -> list[Tensor]:
+        """1-D views of the small parameters, made once: a view costs more than the norm of a tiny tensor.
+
+        A view keeps its parameter's storage alive, so an unchanged data pointer means the same storage; a
+        parameter whose data was replaced (``p.data = ...``, sharded wrappers) gets a fresh view.
+        """
+        small = self.params[:self.n_small]
+        ptrs = list(map(Tensor.data_ptr, small))
+        if ptrs != self.view_ptrs:
+            self.flat_views = [p.detach().view(-1) for p in small]
+            self.view_ptrs = ptrs
+        return self.flat_views
 
     def index(self, present: tuple[bool, ...] | None) -> Tensor:
         idx = self.index_cache.get(present)
@@ -147,6 +170,56 @@ def _foreach_maxabs(grads: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+# CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` and two segment
+# reductions for all of them). Per-call overhead (a few microseconds per tensor and op) dominates below this size;
+# above it the copy would cost more than it saves, and the copy stays small (each tensor copied is at most 16 KiB
+# in float32).
+_FLAT_NUMEL = 4096
+
+
+def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, flat_1d: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+    """Per-tensor sum of squares and max |x| (NaN propagates) of small dense tensors, from one flat copy.
+
+    ``flat_1d``: the tensors are contiguous 1-D views already (a plain ``cat``, no view per tensor).
+    """
+    flat = (torch.cat(tensors) if flat_1d else torch._C._nn.flatten_dense_tensors(tensors)).to(acc)
+    sumsq = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+    maxabs = torch.segment_reduce(flat.abs_(), "max", lengths=lengths, initial=0)
+    return sumsq, maxabs
+
+
+def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype, n_small: int,
+            lengths: Tensor | None, *, need_max: bool = True, small_views: list[Tensor] | None = None
+            ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
+
+    The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through fused foreach norms.
+    Without ``need_max`` the max of the other tensors is not computed (``None``). ``small_views``: 1-D views of the
+    first ``n_small`` tensors, when the caller has them.
+    """
+    if n_small and lengths is not None:
+        try:
+            if small_views is not None:
+                sq_small, max_small = _flat_reduce(small_views, lengths, acc, flat_1d=True)
+            else:
+                sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc)
+        except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
+            n_small = 0
+    if not n_small:
+        norms = _foreach_norms(tensors, dtype)
+        return norms, norms.to(acc).square(), _foreach_maxabs(tensors, device).to(acc) if need_max else None
+    norm_dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
+    if n_small == len(tensors):
+        return sq_small.sqrt().to(norm_dtype), sq_small, max_small
+    rest = tensors[n_small:]
+    norms_rest = _foreach_norms(rest, dtype)
+    norms = torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest])
+    sumsq = torch.cat([sq_small, norms_rest.to(acc).square()])
+    maxabs = torch.cat([max_small, _foreach_maxabs(rest, device).to(acc)]) if need_max else None
+    return norms, sumsq, maxabs
+
+
 def _to(t: Tensor, device: torch.device) -> Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
@@ -185,8 +258,19 @@ class StatsEngine:
                     b = buckets[key] = _Bucket(device=p.device, dtype=p.dtype, params=[], layer_of=[])
                 b.params.append(p)
                 b.layer_of.append(li)
+        for b in buckets.values():
+            if b.device.type == "cpu" and b.dtype.is_floating_point:
+                order = sorted(range(len(b.params)), key=lambda k: b.params[k].numel() > _FLAT_NUMEL)  # stable
+                b.params = [b.params[k] for k in order]
+                b.layer_of = [b.layer_of[k] for k in order]
+                small = [p.numel() for p in b.params if p.numel() <= _FLAT_NUMEL]
+                b.n_small = len(small)
+                b.lengths = torch.tensor(small, dtype=torch.long) if small else None
         self._buckets = list(buckets.values())
         self._home = self._buckets[0].device if self._buckets else torch.device("cpu")
+        # What a step where every watched parameter has a gradient knows on the host (the common case).
+        self._all_has_grad = [bool(sizes) for sizes in self._numel]
+        self._all_numel = [sum(sizes) for sizes in self._numel]
 
     def _stale(self) -> bool:
         # One check per bucket, not per tensor: catches a model moved or cast as a whole after watch().
@@ -205,32 +289,47 @@ class StatsEngine:
         n_layers = len(self.layer_names)
         layer_sumsq = torch.zeros(n_layers, dtype=acc, device=home)
         layer_max = torch.zeros(n_layers, dtype=acc, device=home)
-        has_grad = [False] * n_layers
-        numel = [0] * n_layers
+        has_grad: list[bool] | None = None  # None while every parameter so far had a gradient
+        numel: list[int] = []
         groups: list[GradGroup] = []
-        for b in self._buckets:
+        for bi, b in enumerate(self._buckets):
             grads = [p.grad for p in b.params]
             present: tuple[bool, ...] | None = None
             params = b.params
-            if any(g is None for g in grads):
+            n_small, lengths = b.n_small, b.lengths
+            if any(map(operator.is_, grads, repeat(None))):  # C-level loop: no Python frame per tensor
+                if has_grad is None:
+                    has_grad, numel = [False] * n_layers, [0] * n_layers
+                    for bb in self._buckets[:bi]:  # the buckets before had every gradient
+                        for li, p in zip(bb.layer_of, bb.params):
+                            has_grad[li] = True
+                            numel[li] += p.numel()
                 present = tuple(g is not None for g in grads)
                 params = [p for p, keep in zip(b.params, present) if keep]
                 grads = [g for g in grads if g is not None]
+                if n_small:
+                    small = [p.numel() for p, keep in zip(b.params[:n_small], present) if keep]
+                    n_small = len(small)
+                    lengths = torch.tensor(small, dtype=torch.long) if small else None
                 if not grads:
                     continue
-            layer_of = b.layer_of if present is None else [i for i, keep in zip(b.layer_of, present) if keep]
-            for li, p in zip(layer_of, params):
-                has_grad[li] = True
-                numel[li] += p.numel()
+                for li, p in zip([i for i, keep in zip(b.layer_of, present) if keep], params):
+                    has_grad[li] = True
+                    numel[li] += p.numel()
+            elif has_grad is not None:
+                for li, p in zip(b.layer_of, params):
+                    has_grad[li] = True
+                    numel[li] += p.numel()
             idx = b.index(present)
-            norms = _foreach_norms(grads, b.dtype)
-            maxabs = _foreach_maxabs(grads, b.device).to(norms.dtype)
+            norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, lengths)
+            assert maxabs is not None  # need_max=True: an invariant, not a validation
             groups.append(GradGroup(b.device, b.dtype, params, grads, idx, norms))
-            sq = norms.to(acc).square()
             part_sumsq = torch.zeros(n_layers, dtype=acc, device=b.device).index_add_(0, idx, sq)
-            part_max = torch.zeros(n_layers, dtype=acc, device=b.device).scatter_reduce_(0, idx, maxabs.to(acc), "amax")
+            part_max = torch.zeros(n_layers, dtype=acc, device=b.device).scatter_reduce_(0, idx, maxabs, "amax")
             layer_sumsq += _to(part_sumsq, home)
             layer_max = torch.maximum(layer_max, _to(part_max, home))  # maximum propagates NaN
+        if has_grad is None:
+            has_grad, numel = list(self._all_has_grad), list(self._all_numel)
         nan = torch.isnan(layer_sumsq) | torch.isnan(layer_max)
         inf = torch.isinf(layer_max) & ~nan
         nonfinite = nan.to(acc) + 2 * inf.to(acc)
@@ -239,12 +338,14 @@ class StatsEngine:
         return DeviceStats(layer_sumsq, layer_max, nonfinite, total_norm, has_grad, numel, batch)
 
     def param_norms(self) -> Tensor:
-        """Per-layer L2 norm of the parameters, on ``home``, one fused norm per bucket."""
+        """Per-layer L2 norm of the parameters, on ``home``: one flat reduction or fused norm per bucket."""
         home = self._home
         acc = accumulate_dtype(home)
         out = torch.zeros(len(self.layer_names), dtype=acc, device=home)
-        for b in self._buckets:
-            data = [p.detach() for p in b.params]
-            sq = _foreach_norms(data, b.dtype).to(acc).square()
-            out += _to(torch.zeros_like(out, device=b.device).index_add_(0, b.index(None), sq), home)
+        with torch.no_grad():  # no autograd graph and no per-tensor detach()
+            for b in self._buckets:
+                views = b.small_param_views() if b.n_small else None
+                _, sq, _ = _reduce(b.params, b.dtype, b.device, acc, b.n_small, b.lengths, need_max=False,
+                                   small_views=views)
+                out += _to(torch.zeros_like(out, device=b.device).index_add_(0, b.index(None), sq), home)
         return out.sqrt()
