@@ -79,8 +79,10 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         amp_overflow_patience: under ``precision="16-mixed"``, this many consecutive GradScaler overflows are reported
             as ``nonfinite`` symptoms; fewer are recorded as ``amp_overflow`` events only.
         summary: print the symptom summary at the end of ``fit`` (global rank zero).
-        histogram_every_n_steps, histograms, figure_every_n_steps: per-layer histograms and the gradient-flow figure,
-            as in :func:`gradwatch.watch` (written through a ``TensorBoardLogger``; off by default).
+        histogram_every_n_steps: per-layer histograms every this many steps, as in :func:`gradwatch.watch` (written
+            through a ``TensorBoardLogger``; off by default).
+        histograms: what to histogram: ``"grad"`` and/or ``"param"``, as in :func:`gradwatch.watch`.
+        figure_every_n_steps: the gradient-flow figure every this many steps, as in :func:`gradwatch.watch`.
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.

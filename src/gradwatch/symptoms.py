@@ -24,8 +24,9 @@ class LayerStats:
         nonfinite: ``"nan"`` if a gradient holds a NaN, else ``"inf"`` if one holds an Inf, else ``None``.
         numel: number of gradient entries that contributed (parameters with a gradient this step).
 
-    >>> LayerStats(grad_norm=2.0, grad_max=1.0, param_norm=None, nonfinite=None, numel=4).grad_rms
-    1.0
+    Examples:
+        >>> LayerStats(grad_norm=2.0, grad_max=1.0, param_norm=None, nonfinite=None, numel=4).grad_rms
+        1.0
     """
 
     grad_norm: float | None
@@ -62,9 +63,10 @@ class Symptom:
         since: first step of the episode this symptom belongs to.
         origin: ``(module name, "forward" | "backward")`` where a non-finite value first appeared, when known.
 
-    >>> Symptom(kind="nonfinite", layer="fc", step=3, value=float("nan"), threshold=0.0, severity="error",
-    ...         message="NaN in 'fc'").kind
-    'nonfinite'
+    Examples:
+        >>> Symptom(kind="nonfinite", layer="fc", step=3, value=float("nan"), threshold=0.0, severity="error",
+        ...         message="NaN in 'fc'").kind
+        'nonfinite'
     """
 
     kind: str

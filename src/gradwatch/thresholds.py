@@ -26,8 +26,9 @@ class Thresholds:
         baseline_beta: smoothing of the running baseline (an exponential moving average of the global norm; steps
             flagged as jumps or non-finite do not update it).
 
-    >>> Thresholds(vanishing_patience=5).vanishing_patience
-    5
+    Examples:
+        >>> Thresholds(vanishing_patience=5).vanishing_patience
+        5
     """
 
     vanishing_rms: float = 1e-8
