@@ -266,7 +266,9 @@ class Watcher:
         if self.clipper is not None and not bad:
             result = self.clipper.clip(dev.batch)
             clipped = result.clipped_norm if result.clipped_norm is not None else dev.batch.recompute_total_norm()
-            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef)):
+            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef),
+                               ("gradwatch/clip/active_frac", result.active_frac),
+                               ("gradwatch/clip/clipped", result.clipped)):
                 if isinstance(value, Tensor):
                     record.extra_tags.append(tag)
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
