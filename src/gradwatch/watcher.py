@@ -3,8 +3,8 @@
 Per step it reduces the gradients on the device (:mod:`gradwatch.stats`), clips them (:mod:`gradwatch.clipping`),
 and queues one packed vector of results. The vector reaches the host once per logged step (one transfer, non-blocking
 into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch.rules`) and written to the sinks. A step
-needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``) or when the caller
-reads a value of the step's report.
+needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``,
+``on_spike="skip"``) or when the caller reads a value of the step's report.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from .stats import StatsEngine
 from .symptoms import LayerStats, Symptom
 from .thresholds import Thresholds
 
-__all__ = ["GradWatchWarning", "NonFiniteAction", "StepReport", "Watcher", "watch"]
+__all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
 
 logger = logging.getLogger("gradwatch")
 
 NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
-SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding")
+SpikeAction = Literal["warn", "skip", "ignore"]
+SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
 
 
 class GradWatchWarning(UserWarning):
@@ -77,7 +78,7 @@ class StepReport:
 
     Attributes:
         step: the step number (0-based count of ``watcher.step()`` calls).
-        skipped: ``True`` when ``on_nonfinite="skip"`` dropped this step's gradients.
+        skipped: ``True`` when ``on_nonfinite="skip"`` or ``on_spike="skip"`` dropped this step's gradients.
         logged: whether this was a logging step (``every_n_steps``).
     """
 
@@ -128,6 +129,12 @@ class StepReport:
         return list(self._host().symptoms)
 
     @property
+    def clipped(self) -> bool | None:
+        """Whether the clipper changed any gradient this step; ``None`` without a clipper (or one that cannot tell)."""
+        value = self._host().extra_values.get("gradwatch/clip/clipped")
+        return None if value is None else bool(value)
+
+    @property
     def extras(self) -> Mapping[str, float]:
         """Additional values of this step by tag (what the clipper did, for example)."""
         return dict(self._host().extra_values)
@@ -174,6 +181,7 @@ class Watcher:
         on_nonfinite: NonFiniteAction = "warn",
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
+        on_spike: SpikeAction = "warn",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -192,6 +200,7 @@ class Watcher:
         self.clipper = as_clipper(clip)
         self.on_nonfinite: NonFiniteAction = check_choice(  # type: ignore[assignment]
             "on_nonfinite", on_nonfinite, get_args(NonFiniteAction))
+        self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
         sinks = list(sinks)
         for s in sinks:
             if not isinstance(s, Sink):
@@ -301,6 +310,13 @@ class Watcher:
             record.skipped = True
         elif logged or record.packed.device.type == "cpu":
             self._send()
+        if self.on_spike == "skip" and not bad:
+            # Intended host sync (only with on_spike="skip"): whether this step is a spike must be known before
+            # optimizer.step().
+            self._resolve(record)
+            if any(s.kind == "spike" for s in record.symptoms):
+                self._skip()
+                record.skipped = True
         return report
 
     def flush(self) -> None:
@@ -471,13 +487,17 @@ class Watcher:
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
         nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
+        spikes = [s for s in symptoms if s.kind == "spike"] if self.on_spike != "ignore" else []
+        for s in spikes:
+            action = " The step was skipped." if self.on_spike == "skip" else ""
+            warnings.warn(f"gradwatch: {s.message}{action}", GradWatchWarning, stacklevel=4)
         if nonfinite and self.on_nonfinite in ("warn", "skip"):
             what = ", ".join(f"{s.layer} ({'NaN' if s.value != s.value else 'Inf'})" for s in nonfinite)
             action = " The step was skipped." if self.on_nonfinite == "skip" else ""
             warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
                           f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
         for s in onsets:
-            if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
+            if s.kind != "nonfinite" and not (s.kind == "spike" and spikes):  # warned about above, every one of them
                 logger.warning("gradwatch: %s", s.message)
 
     def _safe(self, sink: Sink, method: str, *args: Any) -> None:
@@ -527,6 +547,7 @@ def watch(
     on_nonfinite: NonFiniteAction = "warn",
     layers: str | Sequence[str] | None = None,
     sinks: Sequence[Sink] = (),
+    on_spike: SpikeAction = "warn",
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -544,6 +565,10 @@ def watch(
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
         sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
+        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch.spikes`):
+            ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
+            ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
+            ``"ignore"`` (symptom and logs only).
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -564,4 +589,4 @@ def watch(
     []
     """
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
-                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks)
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike)
