@@ -5,6 +5,13 @@ per-tensor norms and the global norm already computed) and rescales the gradient
 value on the host: a coefficient is applied with ``clamp`` rather than ``if coef < 1`` (an ``if`` on a device value is
 a host sync). A clipper may keep state (a running statistic, say); that state round-trips through ``state_dict``.
 
+The clippers (docs/clipping.md, "Choosing a clipping rule", compares them):
+
+* :class:`NormClip`, :class:`ValueClip`: ``clip_grad_norm_`` and ``clip_grad_value_``;
+* :class:`ZScoreClip` (ZClip) and :class:`PercentileClip` (AutoClip): a global norm bound that follows the norm's
+  history;
+* :class:`AGC` (NFNets' adaptive gradient clipping, per unit) and :class:`LayerNormClip` (per layer).
+
 >>> import torch
 >>> from torch import nn
 >>> import gradwatch
