@@ -454,6 +454,26 @@ def test_invalid_configuration_is_refused_with_the_bad_value(make, bad):
         make()
 
 
+def test_report_says_whether_the_clipper_acted():
+    model = scalar_model(3.0)
+    with gradwatch.watch(model) as w:
+        assert w.step().clipped is None  # no clipper
+    with gradwatch.watch(model, clip=ValueClip(0.1)) as w:
+        assert w.step().clipped is None  # ValueClip cannot tell without a host read
+    for max_norm, acted in ((10.0, False), (1.0, True)):
+        with gradwatch.watch(scalar_model(3.0), clip=NormClip(max_norm)) as w:
+            assert w.step().clipped is acted
+
+
+def test_new_clippers_take_keyword_only_options():
+    with pytest.raises(TypeError):
+        ZScoreClip(0.9)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PercentileClip(10.0, 100)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        AGC(0.01, 1e-3)  # type: ignore[misc]
+
+
 def test_clip_tags_reach_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

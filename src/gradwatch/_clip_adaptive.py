@@ -68,12 +68,12 @@ class ZScoreClip(Clipper):
 
     def __init__(
         self,
+        *,
         alpha: float = 0.97,
         z_threshold: float = 2.5,
         warmup_steps: int = 25,
         max_norm: float | None = None,
         mode: ZScoreMode = "zscore",
-        *,
         eps: float = 1e-6,
     ) -> None:
         self.alpha = check_number("alpha", alpha, nonnegative=True, below=1.0)
@@ -189,7 +189,7 @@ class PercentileClip(Clipper):
     (2.5, 2.5)
     """
 
-    def __init__(self, percentile: float = 10.0, window: int = 1000) -> None:
+    def __init__(self, percentile: float = 10.0, *, window: int = 1000) -> None:
         self.percentile = check_number("percentile", percentile, positive=True, at_most=100.0)
         self.window = check_int("window", window, minimum=1)
         self._seen = 0

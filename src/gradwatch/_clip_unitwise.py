@@ -84,7 +84,7 @@ class AGC(Clipper):
     0.667
     """
 
-    def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3, exclude: str | Sequence[str] = ()) -> None:
+    def __init__(self, clip_factor: float = 0.01, *, eps: float = 1e-3, exclude: str | Sequence[str] = ()) -> None:
         self.clip_factor = check_number("clip_factor", clip_factor, positive=True)
         self.eps = check_number("eps", eps, positive=True)
         if isinstance(exclude, str):
