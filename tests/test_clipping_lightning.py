@@ -73,3 +73,41 @@ def test_clipper_works_through_the_lightning_callback(name, tmp_path):
         assert all(v <= 0.05 * (1 + 1e-5) for v in clipped.values())
     if name in ("zscore", "percentile"):
         assert clip.state_dict()["seen"] == STEPS  # every optimizer step went through the clipper once
+
+
+class SpikyTiny(Tiny):
+    """Tiny, with a 50x gradient spike injected at one optimizer step."""
+
+    spike_at = 10
+
+    def on_after_backward(self):
+        if self.trainer.global_step == self.spike_at:
+            for p in self.parameters():
+                p.grad.mul_(50.0)
+
+
+class WeightsPerStep(pl.Callback):
+    def __init__(self) -> None:
+        self.changed: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._before = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.changed[batch_idx] = any(not torch.equal(b, p) for b, p in zip(self._before, pl_module.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore:.*treespec.*")
+@pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
+def test_on_spike_skip_through_the_callback_skips_only_that_step_and_does_not_stop(tmp_path):
+    torch.manual_seed(0)
+    sink, weights = gradwatch.MemorySink(), WeightsPerStep()
+    callback = GradWatchCallback(every_n_steps=1, sinks=[sink], on_spike="skip", on_nonfinite="stop",
+                                 thresholds=gradwatch.Thresholds(spike_warmup=5))
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=STEPS, callbacks=[callback, weights],
+                         enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(SpikyTiny())
+    assert trainer.global_step == STEPS  # a spike skip is not a non-finite stop
+    assert [s for s, v in sink.series("gradwatch/symptoms/spike") if v] == [SpikyTiny.spike_at]
+    assert weights.changed == {i: i != SpikyTiny.spike_at for i in range(STEPS)}

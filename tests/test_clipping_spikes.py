@@ -103,7 +103,7 @@ def test_spike_rule_stays_silent_on_healthy_training(name):
 def test_on_spike_skip_drops_the_step_and_training_goes_on():
     with pytest.warns(gradwatch.GradWatchWarning, match="spike at step 40.*The step was skipped"):
         reports = _train("residual_mlp", 45, spike_at=40, on_spike="skip")
-    assert [r.step for r, _ in reports if r.skipped] == [40]
+    assert [(r.step, r.skip_reason) for r, _ in reports if r.skipped] == [(40, "spike")]
     assert [changed for _, changed in reports] == [step != 40 for step in range(45)]
 
 
@@ -159,3 +159,15 @@ def test_invalid_spike_thresholds_are_refused(kwargs, bad):
 def test_invalid_on_spike_is_refused_with_the_choices():
     with pytest.raises(ConfigurationError, match="on_spike='stop'.*'warn', 'skip', 'ignore'"):
         gradwatch.watch(nn.Linear(2, 1), on_spike="stop")
+
+
+def test_skip_reason_tells_a_non_finite_skip_from_a_spike_skip():
+    model = nn.Linear(2, 1)
+    model.weight.grad, model.bias.grad = torch.tensor([[float("nan"), 1.0]]), torch.tensor([1.0])
+    with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, on_nonfinite="skip", on_spike="skip") as w:
+        report = w.step()
+    assert report.skipped and report.skip_reason == "nonfinite"
+    model.weight.grad, model.bias.grad = torch.tensor([[1.0, 1.0]]), torch.tensor([1.0])
+    with gradwatch.watch(model, on_spike="skip") as w:
+        report = w.step()
+    assert not report.skipped and report.skip_reason is None

@@ -61,6 +61,7 @@ class _Record:
     extra_tags: list[str]
     extra_values: dict[str, float]
     skipped: bool = False
+    skip_reason: str | None = None  # "nonfinite" or "spike"
     sent: bool = False
     host_vec: np.ndarray | None = None
     stats: HostStats | None = None
@@ -105,6 +106,11 @@ class StepReport:
     @property
     def logged(self) -> bool:
         return self._record.logged
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the step was skipped: ``"nonfinite"`` (``on_nonfinite``), ``"spike"`` (``on_spike``), or ``None``."""
+        return self._record.skip_reason
 
     def _host(self) -> _Record:
         if self._record.stats is None:
@@ -353,7 +359,7 @@ class Watcher:
                     + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
                     step=step, layers=layers)
             self._skip()
-            record.skipped = True
+            record.skipped, record.skip_reason = True, "nonfinite"
         elif logged or record.packed.device.type == "cpu":
             self._send()
         if self.on_spike == "skip" and not bad:
@@ -365,7 +371,7 @@ class Watcher:
                 spike = bool(reduce_flag(dev.total_norm.new_tensor(float(spike))) > 0)
             if spike:
                 self._skip()
-                record.skipped = True
+                record.skipped, record.skip_reason = True, "spike"
         return report
 
     def flush(self) -> None:
