@@ -99,3 +99,42 @@ def test_stateless_clippers_have_empty_state():
     assert NormClip(1.0).state_dict() == {} and ValueClip(1.0).state_dict() == {}
     with pytest.raises(gradwatch.ConfigurationError, match="keeps no state"):
         NormClip(1.0).load_state_dict({"x": 1})
+
+
+def _sparse_model():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"emb": nn.Embedding(50, 4, sparse=True), "fc": nn.Linear(4, 1)})
+    model["fc"](model["emb"](torch.tensor([1, 1, 7]))).sum().mul(10).backward()  # index 1 twice: uncoalesced
+    dense = [p.grad.to_dense().clone() if p.grad.is_sparse else p.grad.clone() for p in model.parameters()]
+    return model, dense
+
+
+def test_norm_clipping_of_sparse_gradients_scales_them_like_dense_ones():
+    model, dense = _sparse_model()
+    total = float(torch.nn.utils.get_total_norm(dense))
+    coef = 1.0 / (total + 1e-6)
+    with gradwatch.watch(model, clip=1.0) as watcher:
+        r = watcher.step()
+    assert r.global_norm == pytest.approx(total, rel=1e-6)
+    for p, want in zip(model.parameters(), dense):
+        torch.testing.assert_close(p.grad.to_dense(), want * coef, rtol=1e-6, atol=0)
+
+
+def test_value_clipping_of_sparse_gradients_clamps_the_coalesced_values():
+    model, dense = _sparse_model()
+    with gradwatch.watch(model, clip=ValueClip(0.5)) as watcher:
+        watcher.step()
+    assert model["emb"].weight.grad.is_sparse
+    for p, want in zip(model.parameters(), dense):
+        torch.testing.assert_close(p.grad.to_dense(), want.clamp(-0.5, 0.5), rtol=0, atol=0)
+
+
+def test_import_gradwatch_pulls_no_optional_dependency():
+    import subprocess
+    import sys
+
+    code = ("import sys, gradwatch, gradwatch.clipping; "
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'matplotlib', 'rich', 'tensorboard') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

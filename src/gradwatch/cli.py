@@ -41,6 +41,105 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_HELP = """\
+Read the TensorBoard event files under LOGDIR (every run found, or --run NAME) and print gradwatch's diagnosis:
+symptoms by kind and layer with their first and last step, the global-norm trend, how often clipping acted, the
+layers that starved, and the advice. Files cut mid-record (a crashed run) are read up to the cut.
+
+exit status:
+  0  report printed (and no --fail-on kind found)
+  1  a --fail-on kind was found
+  2  no event files, no such run, or no gradwatch data
+
+examples:
+  gradwatch report runs/gradwatch-demo
+  gradwatch report runs/exp1 --run plain --json
+  gradwatch report lightning_logs --fail-on nonfinite,exploding    # in CI: fail the job on NaN/Inf or explosions
+"""
+
+PLOT_HELP = """\
+Draw the gradient-flow figure from event files: per-layer RMS and max |grad| in depth order on a log scale, the
+layers with a symptom marked. Needs matplotlib (pip install 'gradwatch[plot]').
+
+examples:
+  gradwatch plot runs/gradwatch-demo --run plain -o flow.png
+  gradwatch plot runs/exp1 -o flow_step500.png --step 500
+"""
+
+
+def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
+    from .report import NoRunsError, find_runs
+
+    runs = find_runs(logdir)
+    if run is None:
+        return runs
+    chosen = [r for r in runs if r[0] == run or r[0].rstrip("/") == run.rstrip("/")]
+    if not chosen:
+        raise NoRunsError(f"No run named {run!r} under {logdir!r}; runs found: {', '.join(n for n, _ in runs)}.")
+    return chosen
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import NoRunsError, diagnose, format_text, load_run, print_rich, should_fail
+
+    fail_on = [k.strip() for k in (args.fail_on or "").split(",") if k.strip()]
+    try:
+        runs = _select_runs(args.logdir, args.run)
+    except NoRunsError as exc:
+        print(f"gradwatch report: {exc}", file=sys.stderr)
+        return 2
+    reports = [diagnose(load_run(name, path)) for name, path in runs]
+    if args.run is None and len(reports) > 1:  # other TensorBoard runs in the same tree are not ours to report
+        reports = [r for r in reports if r["gradwatch"]] or reports
+    hits = should_fail(reports, fail_on)
+    if args.json:
+        print(json.dumps({"logdir": os.fspath(args.logdir), "runs": reports, "fail_on": fail_on, "failed": hits},
+                         indent=2))
+    else:
+        try:
+            import rich  # noqa: F401
+        except ImportError:
+            print(format_text(reports))
+        else:
+            print_rich(reports)
+        if hits:
+            print(f"\ngradwatch report: failing (--fail-on {','.join(fail_on)}): {'; '.join(hits)}", file=sys.stderr)
+    if not any(r["gradwatch"] for r in reports):
+        if not args.json:
+            print(f"gradwatch report: no gradwatch tags in the event files under {args.logdir!r}.", file=sys.stderr)
+        return 2
+    return 1 if hits else 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .flowplot import MissingExtraError, flow_figure_png
+    from .report import NoRunsError, flow_data, load_run
+
+    try:
+        runs = [load_run(name, path) for name, path in _select_runs(args.logdir, args.run)]
+        ours = [r for r in runs if r.has_gradwatch]
+        if len(ours) != 1:
+            names = ", ".join(r.name for r in ours) or "none"
+            raise NoRunsError(f"{len(ours)} runs with gradwatch data under {args.logdir!r} ({names}): "
+                              "choose one with --run NAME.")
+        data = flow_data(ours[0], args.step)
+        title = None if data["rms_known"] else (
+            f"gradwatch: gradient flow by layer, step {data['step']} (layer sizes not logged: L2 norm, not RMS)")
+        png = flow_figure_png(data["names"], data["rms"], data["maxabs"], flagged=data["flagged"], step=data["step"],
+                              title=title, dpi=args.dpi)
+    except (NoRunsError, MissingExtraError) as exc:
+        print(f"gradwatch plot: {exc}", file=sys.stderr)
+        return 2
+    with open(args.output, "wb") as f:
+        f.write(png)
+    flagged = ", ".join(f"{k} ({v})" for k, v in data["flagged"].items()) or "none"
+    print(f"gradwatch plot: wrote {args.output} (run {ours[0].name}, step {data['step']}, "
+          f"{len(data['names'])} layers; flagged: {flagged})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradwatch",
@@ -49,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""\
             commands:
               demo     run the deep-sigmoid XOR experiment and print gradwatch's diagnosis
+              report   print the diagnosis of logged runs from their event files (CI-friendly exit status)
+              plot     draw the gradient-flow figure of a logged run to a PNG
 
             Run `gradwatch COMMAND --help` for a command's options and examples."""),
     )
@@ -63,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, default=1500, help="training steps per network (default: 1500)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(func=_demo)
+
+    report = sub.add_parser("report", help="diagnose logged runs from their event files", description=REPORT_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("logdir", metavar="LOGDIR", help="directory holding the runs' event files (searched recursively)")
+    report.add_argument("--run", metavar="NAME", help="only this run (its path relative to LOGDIR)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.add_argument("--fail-on", metavar="KINDS", default="",
+                        help="comma-separated symptom kinds (nonfinite, exploding, vanishing, ... or any) that make "
+                             "the exit status 1")
+    report.set_defaults(func=_report)
+
+    plot = sub.add_parser("plot", help="draw the gradient-flow figure from event files", description=PLOT_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("logdir", metavar="LOGDIR", help="directory holding the run's event files")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.add_argument("--run", metavar="NAME", help="the run, when LOGDIR holds several")
+    plot.add_argument("--step", type=int, help="the last logged step at or before this one (default: the last)")
+    plot.add_argument("--dpi", type=_positive_int, default=100, help="resolution (default: 100)")
+    plot.set_defaults(func=_plot)
     return parser
 
 

@@ -24,6 +24,7 @@ from ._lightning_compat import callback_bases, grad_scaler
 from ._lightning_sinks import LoggerSink, sinks_for_loggers
 from ._validate import check_choice, check_int
 from .clipping import Clipper, as_clipper
+from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError
 from .sinks import Sink
 from .thresholds import Thresholds
@@ -81,6 +82,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         on_spike: ``"warn"``, ``"skip"`` (a gradient-norm or loss spike's optimizer step changes nothing; decided
             identically on every rank) or ``"ignore"``, as in :func:`gradwatch.watch`. The loss is the training
             step's.
+        histogram_every_n_steps, histograms, figure_every_n_steps: per-layer histograms and the gradient-flow figure,
+            as in :func:`gradwatch.watch` (written through a ``TensorBoardLogger``; off by default).
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
@@ -106,6 +109,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         amp_overflow_patience: int = 20,
         summary: bool = True,
         on_spike: SpikeAction = "warn",
+        histogram_every_n_steps: int | None = None,
+        histograms: Sequence[HistogramOf] = ("grad",),
+        figure_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, minimum=1)
@@ -127,6 +133,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self.amp_overflow_patience = check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
         self.summary = summary
         self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
+        self._dashboard = {"histogram_every_n_steps": histogram_every_n_steps, "histograms": histograms,
+                           "figure_every_n_steps": figure_every_n_steps}
+        DashboardLogger((), **self._dashboard)  # type: ignore[arg-type]  # validates now, not at fit time
         self.watcher: Watcher | None = None
         self._pending_state: dict[str, Any] | None = None
         self._loss: Tensor | None = None
@@ -166,7 +175,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self.watcher = Watcher(
             pl_module, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
             thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
-            layers=self.layers, sinks=sinks, on_spike=self.on_spike)
+            layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard)
         self.watcher.amp_overflow_patience = self.amp_overflow_patience
         self._active = True
         if self._pending_state is not None:

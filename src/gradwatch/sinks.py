@@ -17,7 +17,12 @@ ALERTS_TAG = "gradwatch/alerts"
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives what the watcher measured. Implement it to send gradwatch's numbers anywhere."""
+    """Receives what the watcher measured. Implement it to send gradwatch's numbers anywhere.
+
+    Optional methods, called only on sinks that define them (see :mod:`gradwatch.dashboard`):
+    ``write_run_info(step, info: RunInfo)`` once per run, ``write_histograms(step, {tag: Histogram})`` on histogram
+    steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps.
+    """
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Scalars of one step, keyed by tag (``gradwatch/grad_norm/<layer>``...)."""
@@ -48,6 +53,9 @@ class MemorySink:
     def __init__(self) -> None:
         self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.alerts: list[Symptom] = []
+        self.run_info: Any = None
+        self.histograms: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        self.images: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         self.flushes = 0
         self.closed = False
 
@@ -57,6 +65,17 @@ class MemorySink:
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
         self.alerts.extend(symptoms)
+
+    def write_run_info(self, step: int, info: Any) -> None:
+        self.run_info = info
+
+    def write_histograms(self, step: int, histograms: Mapping[str, Any]) -> None:
+        for tag, hist in histograms.items():
+            self.histograms[tag].append((step, hist))
+
+    def write_images(self, step: int, images: Mapping[str, bytes]) -> None:
+        for tag, png in images.items():
+            self.images[tag].append((step, png))
 
     def flush(self) -> None:
         self.flushes += 1
@@ -124,6 +143,50 @@ class TensorBoardSink:
             self.writer.add_text(ALERTS_TAG, alerts_markdown(symptoms), step)
         else:  # exactly under ALERTS_TAG (SummaryWriter.add_text would append "/text_summary")
             file_writer.add_summary(text_summary(ALERTS_TAG, alerts_markdown(symptoms)), step)
+
+    def write_run_info(self, step: int, info: Any) -> None:
+        """The custom-scalars dashboard and the ``gradwatch/layers`` table, once per run."""
+        from .dashboard import LAYERS_TAG, build_layout, layers_markdown, layout_summary
+
+        file_writer = _file_writer(self.writer)
+        if file_writer is None:  # another writer (tensorboardX...): the layers table only
+            self.writer.add_text(LAYERS_TAG, layers_markdown(info.layers), step)
+            return
+        file_writer.add_summary(layout_summary(build_layout(info.tags)), step)
+        file_writer.add_summary(text_summary(LAYERS_TAG, layers_markdown(info.layers)), step)
+
+    def write_histograms(self, step: int, histograms: Mapping[str, Any]) -> None:
+        """Per-layer histograms (:class:`gradwatch.histograms.Histogram`), all in one event."""
+        if not histograms:
+            return
+        file_writer = _file_writer(self.writer)
+        if file_writer is None:
+            for tag, h in histograms.items():
+                self.writer.add_histogram_raw(tag, h.min, h.max, h.num, h.sum, h.sum_squares, h.limits.tolist(),
+                                              h.counts.tolist(), step)
+            return
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, histo=HistogramProto(
+            min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
+            bucket_limit=h.limits.tolist(), bucket=h.counts.tolist())) for tag, h in histograms.items()])
+        file_writer.add_summary(summary, step)
+
+    def write_images(self, step: int, images: Mapping[str, bytes]) -> None:
+        """PNG images (the gradient-flow figure); skipped for writers other than torch's ``SummaryWriter``."""
+        file_writer = _file_writer(self.writer)
+        if file_writer is None or not images:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from .flowplot import png_size
+
+        values = []
+        for tag, png in images.items():
+            height, width = png_size(png)
+            values.append(Summary.Value(tag=tag, image=Summary.Image(
+                height=height, width=width, colorspace=4, encoded_image_string=png)))
+        file_writer.add_summary(Summary(value=values), step)
 
     def flush(self) -> None:
         self.writer.flush()

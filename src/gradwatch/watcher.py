@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ._validate import check_choice, check_int
 from .advice import ModelTraits
 from .clipping import Clipper, as_clipper
+from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
 from .layers import Layer, discover_layers, unwrap_model
@@ -71,6 +72,7 @@ class _Record:
     amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
     amp_streak: int = 0  # consecutive overflow steps up to this one
     amp_overflows: int = 0  # overflow steps so far
+    tail_len: int = 0  # histogram values at the end of the packed vector
 
 
 @dataclass
@@ -194,6 +196,9 @@ class Watcher:
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
         on_spike: SpikeAction = "warn",
+        histogram_every_n_steps: int | None = None,
+        histograms: Sequence[HistogramOf] = ("grad",),
+        figure_every_n_steps: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -221,6 +226,8 @@ class Watcher:
         self.layer_names: list[str] = [layer.name for layer in self._layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
         self._engine = StatsEngine(self._layers)
+        self._dashboard = DashboardLogger(self._layers, histogram_every_n_steps=histogram_every_n_steps,
+                                          histograms=histograms, figure_every_n_steps=figure_every_n_steps)
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
         self.history = SymptomHistory()
@@ -297,6 +304,7 @@ class Watcher:
         dev = self._engine.compute()
         record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
                          extra_tags=[], extra_values={})
+        tail = self._dashboard.device_part(step, self._layers, dev.total_norm.device, dev.total_norm.dtype)
         amp = record.amp = loss_scale is not None
         if amp:
             # Intended host sync: the GradScaler reads its own Inf/NaN flags on the host in scaler.step() right after
@@ -343,6 +351,9 @@ class Watcher:
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
             parts.append(self._engine.param_norms())
+        if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
+            parts.append(tail)
+            record.tail_len = tail.numel()
         record.packed = torch.cat(parts)
         self._pending.append(record)
         self._step += 1
@@ -553,6 +564,8 @@ class Watcher:
             self._safe(sink, "write_scalars", r.step, scalars)
             if alerts:
                 self._safe(sink, "write_alerts", r.step, alerts)
+        tail = v[len(v) - r.tail_len:] if r.tail_len else None
+        self._dashboard.host_part(r.step, tail, stats, symptoms, scalars, list(self.sinks), self._safe)
         self._announce(r.step, symptoms, onsets)
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
@@ -640,6 +653,9 @@ def watch(
     layers: str | Sequence[str] | None = None,
     sinks: Sequence[Sink] = (),
     on_spike: SpikeAction = "warn",
+    histogram_every_n_steps: int | None = None,
+    histograms: Sequence[HistogramOf] = ("grad",),
+    figure_every_n_steps: int | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -661,6 +677,11 @@ def watch(
             ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
             ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
             ``"ignore"`` (symptom and logs only).
+        histogram_every_n_steps: write per-layer histograms (``gradwatch/grad_hist/<layer>``) on the steps that are
+            multiples of this; ``None`` (default) for none. Computed on the device, moved with the step's statistics.
+        histograms: what to histogram: ``"grad"`` (default) and/or ``"param"`` (``gradwatch/param_hist/<layer>``).
+        figure_every_n_steps: write the gradient-flow figure (image ``gradwatch/flow``) on the steps that are
+            multiples of this; ``None`` (default) for never. Needs matplotlib (``pip install 'gradwatch[plot]'``).
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -681,4 +702,6 @@ def watch(
     []
     """
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
-                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike)
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike,
+                   histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
+                   figure_every_n_steps=figure_every_n_steps)

@@ -1,0 +1,144 @@
+"""The gradient-flow figure: per-layer RMS and max |grad| by depth, log scale, flagged layers marked.
+
+matplotlib is an optional extra (``pip install 'gradwatch[plot]'``). It is imported only when a figure is drawn, and
+drawn through the Agg canvas directly (no ``pyplot``, no global backend switch), so it works headless and leaves a
+notebook's or a GUI's backend alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import GradWatchError
+
+__all__ = ["MissingExtraError", "flow_figure_png", "matplotlib_available", "png_size", "require_matplotlib"]
+
+_INSTALL = "pip install 'gradwatch[plot]'"
+_KIND_COLORS = {"nonfinite": "#000000", "exploding": "#d62728", "vanishing": "#1f77b4"}
+
+
+class MissingExtraError(GradWatchError, ImportError):
+    """An optional dependency of gradwatch is not installed; the message says which extra to install."""
+
+
+def matplotlib_available() -> bool:
+    """Whether the ``plot`` extra (matplotlib) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`MissingExtraError` naming the ``gradwatch[plot]`` extra when matplotlib is missing."""
+    if not matplotlib_available():
+        raise MissingExtraError(f"The gradient-flow figure needs matplotlib, gradwatch's 'plot' extra: {_INSTALL}")
+
+
+def flow_figure_png(
+    names: Sequence[str],
+    rms: Sequence[float | None],
+    maxabs: Sequence[float | None],
+    *,
+    flagged: Mapping[str, str] | None = None,
+    step: int | None = None,
+    title: str | None = None,
+    dpi: int = 80,
+) -> bytes:
+    """Draw the gradient flow across depth as a PNG.
+
+    Args:
+        names: layer names, in depth order (the order the watcher lists them).
+        rms: each layer's RMS gradient entry (``grad_norm / sqrt(numel)``, "mean |grad|"), ``None`` without one.
+        maxabs: each layer's largest absolute gradient entry, ``None`` without one.
+        flagged: layer name -> symptom kind, for the layers to mark (a coloured label and a marker above the bars).
+        step: the step shown in the title.
+        title: overrides the title.
+        dpi: resolution.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        MissingExtraError: without matplotlib.
+
+    >>> png = flow_figure_png(["in", "out"], [1e-3, 0.5], [1e-2, 2.0], flagged={"in": "vanishing"}, step=3)
+    >>> png[:4] == b"\\x89PNG"
+    True
+    """
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    flagged = dict(flagged or {})
+    n = len(names)
+    floor = _floor(list(rms) + list(maxabs))
+    fig = Figure(figsize=(min(24.0, max(6.0, 1.5 + 0.32 * n)), 4.2), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(n))
+    width = 0.4
+    ax.bar([x - width / 2 for x in xs], [_bar(v, floor) for v in rms], width, bottom=floor, color="#4c72b0",
+           label="RMS |grad| (mean entry)")
+    ax.bar([x + width / 2 for x in xs], [_bar(v, floor) for v in maxabs], width, bottom=floor, color="#dd8452",
+           label="max |grad|")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xticks(xs)
+    stride = max(1, math.ceil(n / 60))
+    ax.set_xticklabels([name if i % stride == 0 or name in flagged else "" for i, name in enumerate(names)],
+                       rotation=90 if n > 8 else 0, fontsize=8)
+    for i, name in enumerate(names):
+        kind = flagged.get(name)
+        if kind is None:
+            continue
+        color = _KIND_COLORS.get(kind, "#9467bd")
+        ax.get_xticklabels()[i].set_color(color)
+        ax.plot([i], [1.0], marker="v", color=color, markersize=9, clip_on=False, transform=ax.get_xaxis_transform())
+    ax.set_xlabel("layer (input side left, output side right)")
+    ax.set_ylabel("|gradient| (log scale)")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    handles = [Patch(color="#4c72b0", label="RMS |grad| (mean entry)"), Patch(color="#dd8452", label="max |grad|")]
+    for kind in sorted(set(flagged.values())):
+        handles.append(Line2D([], [], marker="v", linestyle="", color=_KIND_COLORS.get(kind, "#9467bd"), label=kind))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", framealpha=0.85)
+    if title is None:
+        title = "gradwatch: gradient flow by layer" + (f", step {step}" if step is not None else "")
+        if flagged:
+            title += f" ({len(flagged)} layer{'s' if len(flagged) != 1 else ''} flagged)"
+    ax.set_title(title, fontsize=10, pad=12)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(height, width)`` read from a PNG's header.
+
+    >>> png_size(flow_figure_png(["a"], [1.0], [1.0], dpi=10))[0] > 0
+    True
+    """
+    return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")
+
+
+def _floor(values: Sequence[Any]) -> float:
+    """A power of ten below the smallest positive finite value: where the bars start on the log axis."""
+    positive = [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not positive:
+        return 1e-12
+    return 10.0 ** (math.floor(math.log10(min(positive))) - 1)
+
+
+def _bar(value: float | None, floor: float) -> float:
+    """Bar height above ``floor`` (0 for a missing, zero or non-finite value)."""
+    if value is None or not math.isfinite(value) or value <= floor:
+        return 0.0
+    return value - floor
