@@ -3,8 +3,8 @@
 Per step it reduces the gradients on the device (:mod:`gradwatch.stats`), clips them (:mod:`gradwatch.clipping`),
 and queues one packed vector of results. The vector reaches the host once per logged step (one transfer, non-blocking
 into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch.rules`) and written to the sinks. A step
-needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``) or when the caller
-reads a value of the step's report.
+needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``,
+``on_spike="skip"``) or when the caller reads a value of the step's report.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from .stats import StatsEngine
 from .symptoms import LayerStats, Symptom
 from .thresholds import Thresholds
 
-__all__ = ["GradWatchWarning", "NonFiniteAction", "StepReport", "Watcher", "watch"]
+__all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
 
 logger = logging.getLogger("gradwatch")
 
 NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
-SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding")
+SpikeAction = Literal["warn", "skip", "ignore"]
+SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
 
 
 class GradWatchWarning(UserWarning):
@@ -61,6 +62,7 @@ class _Record:
     extra_tags: list[str]
     extra_values: dict[str, float]
     skipped: bool = False
+    skip_reason: str | None = None  # "nonfinite" or "spike"
     sent: bool = False
     host_vec: np.ndarray | None = None
     stats: HostStats | None = None
@@ -85,7 +87,7 @@ class StepReport:
 
     Attributes:
         step: the step number (0-based count of ``watcher.step()`` calls).
-        skipped: ``True`` when ``on_nonfinite="skip"`` dropped this step's gradients.
+        skipped: ``True`` when ``on_nonfinite="skip"`` or ``on_spike="skip"`` dropped this step's gradients.
         logged: whether this was a logging step (``every_n_steps``).
     """
 
@@ -106,6 +108,11 @@ class StepReport:
     @property
     def logged(self) -> bool:
         return self._record.logged
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the step was skipped: ``"nonfinite"`` (``on_nonfinite``), ``"spike"`` (``on_spike``), or ``None``."""
+        return self._record.skip_reason
 
     def _host(self) -> _Record:
         if self._record.stats is None:
@@ -134,6 +141,12 @@ class StepReport:
     def symptoms(self) -> list[Symptom]:
         """Every symptom holding at this step."""
         return list(self._host().symptoms)
+
+    @property
+    def clipped(self) -> bool | None:
+        """Whether the clipper changed any gradient this step; ``None`` without a clipper (or one that cannot tell)."""
+        value = self._host().extra_values.get("gradwatch/clip/clipped")
+        return None if value is None else bool(value)
 
     @property
     def extras(self) -> Mapping[str, float]:
@@ -182,6 +195,7 @@ class Watcher:
         on_nonfinite: NonFiniteAction = "warn",
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
+        on_spike: SpikeAction = "warn",
         histogram_every_n_steps: int | None = None,
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
@@ -203,6 +217,7 @@ class Watcher:
         self.clipper = as_clipper(clip)
         self.on_nonfinite: NonFiniteAction = check_choice(  # type: ignore[assignment]
             "on_nonfinite", on_nonfinite, get_args(NonFiniteAction))
+        self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
         sinks = list(sinks)
         for s in sinks:
             if not isinstance(s, Sink):
@@ -269,7 +284,8 @@ class Watcher:
                 overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
                 symptoms (and ``on_nonfinite`` acts).
             reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
-                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
+                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` (and ``on_spike="skip"``)
+                decide the same everywhere.
                 Called on every step where a decision is taken, on every process.
 
         Returns:
@@ -315,7 +331,9 @@ class Watcher:
         if self.clipper is not None and not bad:
             result = self.clipper.clip(dev.batch)
             clipped = result.clipped_norm if result.clipped_norm is not None else dev.batch.recompute_total_norm()
-            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef)):
+            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef),
+                               ("gradwatch/clip/active_frac", result.active_frac),
+                               ("gradwatch/clip/clipped", result.clipped)):
                 if isinstance(value, Tensor):
                     record.extra_tags.append(tag)
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
@@ -352,9 +370,19 @@ class Watcher:
                     + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
                     step=step, layers=layers)
             self._skip()
-            record.skipped = True
+            record.skipped, record.skip_reason = True, "nonfinite"
         elif logged or record.packed.device.type == "cpu":
             self._send()
+        if self.on_spike == "skip" and not bad:
+            # Intended host sync (only with on_spike="skip"): whether this step is a spike must be known before
+            # optimizer.step().
+            self._resolve(record)
+            spike = any(s.kind == "spike" for s in record.symptoms)
+            if reduce_flag is not None:  # the loss differs between processes: one decision for all of them
+                spike = bool(reduce_flag(dev.total_norm.new_tensor(float(spike))) > 0)
+            if spike:
+                self._skip()
+                record.skipped, record.skip_reason = True, "spike"
         return report
 
     def flush(self) -> None:
@@ -542,6 +570,10 @@ class Watcher:
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
         nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
+        spikes = [s for s in symptoms if s.kind == "spike"] if self.on_spike != "ignore" else []
+        for s in spikes:
+            action = " The step was skipped." if self.on_spike == "skip" else ""
+            warnings.warn(f"gradwatch: {s.message}{action}", GradWatchWarning, stacklevel=4)
         if nonfinite and self.on_nonfinite in ("warn", "skip"):
             what = ", ".join(f"{s.layer} ({'NaN' if s.value != s.value else 'Inf'})" for s in nonfinite)
             action = " The step was skipped." if self.on_nonfinite == "skip" else ""
@@ -549,7 +581,7 @@ class Watcher:
                           f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
         by_kind: dict[str, list[Symptom]] = {}
         for s in onsets:
-            if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
+            if s.kind != "nonfinite" and not (s.kind == "spike" and spikes):  # warned about above, every one of them
                 by_kind.setdefault(s.kind, []).append(s)
         for kind, group in by_kind.items():
             if len(group) == 1:
@@ -620,6 +652,7 @@ def watch(
     on_nonfinite: NonFiniteAction = "warn",
     layers: str | Sequence[str] | None = None,
     sinks: Sequence[Sink] = (),
+    on_spike: SpikeAction = "warn",
     histogram_every_n_steps: int | None = None,
     histograms: Sequence[HistogramOf] = ("grad",),
     figure_every_n_steps: int | None = None,
@@ -640,6 +673,10 @@ def watch(
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
         sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
+        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch.spikes`):
+            ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
+            ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
+            ``"ignore"`` (symptom and logs only).
         histogram_every_n_steps: write per-layer histograms (``gradwatch/grad_hist/<layer>``) on the steps that are
             multiples of this; ``None`` (default) for none. Computed on the device, moved with the step's statistics.
         histograms: what to histogram: ``"grad"`` (default) and/or ``"param"`` (``gradwatch/param_hist/<layer>``).
@@ -665,6 +702,6 @@ def watch(
     []
     """
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
-                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks,
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike,
                    histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
                    figure_every_n_steps=figure_every_n_steps)
