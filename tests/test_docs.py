@@ -20,7 +20,8 @@ def test_docs_build_in_strict_mode(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for name in ("watch", "Watcher", "StepReport", "Thresholds", "NormClip", "GradWatchCallback", "MemorySink"):
+    for name in ("watch", "Watcher", "StepReport", "Thresholds", "NormClip", "ZScoreClip", "AGC", "GradWatchCallback",
+                 "MemorySink"):
         assert name in api, name
     shutil.rmtree(tmp_path / "site")
 
