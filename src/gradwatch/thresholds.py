@@ -24,6 +24,11 @@ class Thresholds:
         jump_warmup: steps observed before the jump rule may fire (the baseline must settle first).
         baseline_beta: smoothing of the running baseline (an exponential moving average of the global norm; steps
             flagged as jumps or non-finite do not update it).
+        saturated_frac: with ``activations=True``, a saturating activation (Sigmoid, Tanh, ...) with at least this
+            fraction of its outputs in the flat region is saturated (docs/activations.md).
+        dead_frac: with ``activations=True``, a ReLU-family activation with at least this fraction of its units at
+            zero for the whole batch has dead units.
+        activation_patience: sampled steps ``saturated`` or ``dead`` must hold before it is reported.
 
     >>> Thresholds(vanishing_patience=5).vanishing_patience
     5
@@ -36,6 +41,9 @@ class Thresholds:
     jump_factor: float = 10.0
     jump_warmup: int = 20
     baseline_beta: float = 0.9
+    saturated_frac: float = 0.5
+    dead_frac: float = 0.5
+    activation_patience: int = 5
 
     def __post_init__(self) -> None:
         check_number("Thresholds.vanishing_rms", self.vanishing_rms, nonnegative=True)
@@ -48,6 +56,9 @@ class Thresholds:
 
             raise ConfigurationError(f"Thresholds.jump_factor={self.jump_factor!r} must be > 1 (use inf to disable).")
         check_int("Thresholds.jump_warmup", self.jump_warmup, minimum=0)
+        check_number("Thresholds.saturated_frac", self.saturated_frac, positive=True, at_most=1.0)
+        check_number("Thresholds.dead_frac", self.dead_frac, positive=True, at_most=1.0)
+        check_int("Thresholds.activation_patience", self.activation_patience, minimum=1)
         check_number("Thresholds.baseline_beta", self.baseline_beta, nonnegative=True, below=1.0)
 
     def as_dict(self) -> dict[str, float]:

@@ -27,6 +27,7 @@ from .advice import ModelTraits
 from .clipping import Clipper, as_clipper
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
+from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
 from .layers import Layer, discover_layers, unwrap_model
 from .rules import HostStats, RuleState, evaluate
 from .sinks import Sink, TensorBoardSink
@@ -63,6 +64,7 @@ class _Record:
     stats: HostStats | None = None
     symptoms: list[Symptom] = field(default_factory=list)
     layer_stats: dict[str, LayerStats] | None = None
+    probe: Any = None  # the activation probe's token for this step's values (the packed vector's tail)
 
 
 @dataclass
@@ -174,6 +176,9 @@ class Watcher:
         on_nonfinite: NonFiniteAction = "warn",
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
+        activations: bool | str | Sequence[str] = False,
+        activation_every_n_steps: int | None = None,
+        nan_origin: NanOrigin | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -211,6 +216,13 @@ class Watcher:
         self._transfers: list[_Transfer] = []
         self._closed = False
         self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+        self._probe: ActivationProbe | None = None
+        probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
+                                every_n_steps=self.every_n_steps if activation_every_n_steps is None
+                                else activation_every_n_steps, thresholds=thresholds)
+        if probe.enabled:
+            self._probe = probe
+            self.add_cleanup(probe)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -280,9 +292,15 @@ class Watcher:
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
             parts.append(self._engine.param_norms())
+        if self._probe is not None:  # the hooks' values travel at the end of the same vector
+            probe_values, record.probe = self._probe.collect(step, dev.total_norm.device, dev.total_norm.dtype)
+            if probe_values is not None:
+                parts.append(probe_values)
         record.packed = torch.cat(parts)
         self._pending.append(record)
         self._step += 1
+        if self._probe is not None:
+            self._probe.prepare(self._step)
         report = StepReport(record, self._resolve)
         if bad:
             self._resolve(record)
@@ -290,9 +308,11 @@ class Watcher:
                 self.flush()
                 layers = {s.layer: ("nan" if s.value != s.value else "inf") for s in record.symptoms
                           if s.kind == "nonfinite" and s.layer is not None}
+                origin = next((s.origin for s in record.symptoms if s.origin is not None), None)
                 raise NonFiniteGradientError(
                     f"Non-finite gradients at step {step} in {len(layers)} layer(s): "
                     + ", ".join(f"{k} ({v})" for k, v in layers.items())
+                    + (f". First non-finite value: module '{origin[0]}', {origin[1]} pass" if origin else "")
                     + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
                     step=step, layers=layers)
             self._skip()
@@ -336,6 +356,7 @@ class Watcher:
             "layers": list(self.layer_names),
             "rules": self._rules.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
+            **({"activations": self._probe.state_dict()} if self._probe is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -351,6 +372,8 @@ class Watcher:
         self._rules.load_state_dict(state["rules"])
         if self.clipper is not None:
             self.clipper.load_state_dict(dict(state["clipper"]))
+        if self._probe is not None and "activations" in state:
+            self._probe.load_state_dict(state["activations"])
 
     def summary(self) -> str:
         """A short table of every symptom seen so far: kind, layer, count, first and last step."""
@@ -448,14 +471,19 @@ class Watcher:
             r.extra_values[tag] = float(v[base + i])
         stats.extras = r.extra_values
         symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+        probe_scalars: dict[str, float] = {}
+        if r.probe is not None and self._probe is not None:
+            symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
+                                                                  stats)
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
             scalars.update(_scalars(stats))
             scalars.update(r.extra_values)
+        scalars.update(probe_scalars)
         if r.logged or symptoms:
-            counts = dict.fromkeys(SYMPTOM_KINDS, 0.0)
+            counts = dict.fromkeys(SYMPTOM_KINDS + (self._probe.kinds if self._probe is not None else ()), 0.0)
             for s in symptoms:
                 counts[s.kind] = counts.get(s.kind, 0.0) + 1
             scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
@@ -525,6 +553,9 @@ def watch(
     on_nonfinite: NonFiniteAction = "warn",
     layers: str | Sequence[str] | None = None,
     sinks: Sequence[Sink] = (),
+    activations: bool | str | Sequence[str] = False,
+    activation_every_n_steps: int | None = None,
+    nan_origin: NanOrigin | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -542,6 +573,15 @@ def watch(
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
         sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
+        activations: ``True`` to hook every module (a glob or list of globs over module names for some): output mean,
+            std, zero fraction, saturated and dead fractions, gradient norm flowing out of each module, and the
+            ``saturated`` and ``dead`` symptoms (docs/activations.md). Quiet in ``eval()`` and ``no_grad``.
+        activation_every_n_steps: sample activations every this many steps (default: ``every_n_steps``); hooks are
+            attached on those steps only.
+        nan_origin: locate the module where a non-finite value first appeared (``Symptom.origin``): ``"off"``,
+            ``"sampled"`` (on the sampled steps) or ``"every_step"`` (hooks on every step: costs about as much as
+            activations every step, still far less than ``detect_anomaly``). Default: ``"sampled"`` with activations
+            on, ``"off"`` without.
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -562,4 +602,5 @@ def watch(
     []
     """
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
-                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks)
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, activations=activations,
+                   activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin)
