@@ -80,10 +80,12 @@ def output_stats(y: Tensor, kind: OutputKind) -> list[Tensor]:
     """0-d device tensors: ``[sum, l2 norm, nonzero count, (saturated count), (alive units)]``.
 
     The L2 norm doubles as the output's finiteness flag (NaN if any NaN, else Inf if any Inf). Everything is a single
-    reduction or an in-place elementwise op, the cheapest forms measured on the CPU; the host squares the norm.
+    reduction or an in-place elementwise op, the cheapest forms measured on the CPU; the host squares the norm. Sums
+    accumulate in float64 where the device has it: the std comes from ``E[y^2] - E[y]^2``, which float32 sums would
+    leave at about ``3e-4 * abs(mean)`` for near-constant outputs (saturated units).
     """
     y = y.detach()
-    acc = torch.float32 if y.dtype in _LOW_PRECISION else None
+    acc = torch.float64 if y.device.type in ("cpu", "cuda") else torch.float32
     out = [y.sum(dtype=acc), torch.linalg.vector_norm(y, dtype=acc)]
     mag = y.abs()
     alive = torch.count_nonzero(mag.amax(0) if y.dim() >= 2 else mag) if kind.relu_like else None
