@@ -71,25 +71,22 @@ def classify(module: nn.Module) -> OutputKind:
     return OutputKind()
 
 
-def stats_width(kind: OutputKind) -> int:
-    """Number of values :func:`output_stats` returns for this kind."""
-    return 3 + (kind.band is not None) + kind.relu_like
-
-
 def output_stats(y: Tensor, kind: OutputKind) -> list[Tensor]:
-    """0-d device tensors: ``[sum, l2 norm, nonzero count, (saturated count), (alive units)]``.
+    """0-d device tensors: ``[sum, l2 norm, centred l2 norm, nonzero count, (saturated count), (alive units)]``.
 
-    The L2 norm doubles as the output's finiteness flag (NaN if any NaN, else Inf if any Inf). Everything is a single
-    reduction or an in-place elementwise op, the cheapest forms measured on the CPU; the host squares the norm. Sums
-    accumulate in float64 where the device has it: the std comes from ``E[y^2] - E[y]^2``, which float32 sums would
-    leave at about ``3e-4 * abs(mean)`` for near-constant outputs (saturated units).
+    The L2 norm doubles as the output's finiteness flag (NaN if any NaN, else Inf if any Inf). The std comes from the
+    norm of ``y - mean``: ``E[y^2] - E[y]^2`` from float32 sums would leave about ``3e-4 * abs(mean)`` of noise on
+    near-constant outputs (saturated units), and float64 accumulation is many times slower on the CPU. Everything else
+    is a single reduction or an in-place elementwise op, the cheapest forms measured on the CPU.
     """
     y = y.detach()
-    acc = torch.float64 if y.device.type in ("cpu", "cuda") else torch.float32
-    out = [y.sum(dtype=acc), torch.linalg.vector_norm(y, dtype=acc)]
+    acc = torch.float32 if y.dtype in _LOW_PRECISION else None
+    total = y.sum(dtype=acc)
+    out = [total, torch.linalg.vector_norm(y, dtype=acc),
+           torch.linalg.vector_norm(y - total / y.numel(), dtype=acc)]
     mag = y.abs()
     alive = torch.count_nonzero(mag.amax(0) if y.dim() >= 2 else mag) if kind.relu_like else None
-    out.append(mag.sign_().sum(dtype=acc))  # nonzero count (NaN stays NaN); sign_ reuses the buffer
+    out.append(mag.sign_().sum(dtype=acc))  # nonzero count; sign_ reuses the buffer
     if kind.band is not None:
         lo, hi = kind.band
         # Float 0/1 masks built in place: on the CPU about 3x faster than boolean masks and count_nonzero.

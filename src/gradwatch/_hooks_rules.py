@@ -56,36 +56,35 @@ class ActStats:
 
 def module_stats(calls: Sequence[Call], v: np.ndarray, kinds: Sequence[OutputKind | None]) -> dict[int, ActStats]:
     """Pool each module's calls: mean, population std, fraction of exact zeros, saturated and dead fractions."""
-    acc: dict[int, list[float]] = {}
+    per: dict[int, list[tuple[float, ...]]] = {}
     for c in calls:
         if not c.stats:
             continue
         kind = kinds[c.module]
         vals = v[c.stats]
-        a = acc.setdefault(c.module, [0.0] * 7)  # n, sum, sumsq, nonzero, saturated, units, alive
-        a[0] += c.numel
-        a[1] += vals[0]
-        a[2] += vals[1] ** 2
-        a[3] += vals[2]
-        j = 3
+        j = 4
+        sat = alive = 0.0
         if kind is not None and kind.band is not None:
-            a[4] += vals[j]
-            j += 1
+            sat, j = float(vals[j]), j + 1
         if kind is not None and kind.relu_like:
-            a[5] += c.units
-            a[6] += vals[j]
+            alive = float(vals[j])
+        # n, sum, sum of squares, centred sum of squares, nonzero, saturated, units, alive
+        per.setdefault(c.module, []).append((c.numel, float(vals[0]), float(vals[1]) ** 2, float(vals[2]) ** 2,
+                                             float(vals[3]), sat, c.units, alive))
     out = {}
-    for i, (n, s, q, nz, sat, units, alive) in acc.items():
+    for i, rows in per.items():
         kind = kinds[i]
-        mean = float(s / n)
-        var = float(q / n) - mean * mean
-        std = math.sqrt(var) if var > 0 else (0.0 if var == var else math.nan)
+        n, s, q, _, nz, sat, units, alive = (sum(col) for col in zip(*rows))
+        mean = s / n
+        # Pooled variance: each call's centred sum of squares plus its mean's offset from the pooled mean.
+        var = sum(r[3] + r[0] * (r[1] / r[0] - mean) ** 2 for r in rows) / n
         bad = math.nan if not math.isfinite(q) else None  # fractions of a non-finite output mean nothing
         out[i] = ActStats(
-            mean=mean, std=std, zero_frac=bad if bad is not None else 1.0 - float(nz / n),
-            saturated_frac=(bad if bad is not None else float(sat / n)) if kind is not None and kind.band is not None
+            mean=mean, std=math.sqrt(var) if var == var else math.nan,
+            zero_frac=bad if bad is not None else 1.0 - nz / n,
+            saturated_frac=(bad if bad is not None else sat / n) if kind is not None and kind.band is not None
             else None,
-            dead_frac=(bad if bad is not None else 1.0 - float(alive / units))
+            dead_frac=(bad if bad is not None else 1.0 - alive / units)
             if kind is not None and kind.relu_like and units else None,
         )
     return out

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import threading
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -50,34 +49,33 @@ _MAX_CALLS = 100_000  # forward calls recorded between two steps; the first ones
 
 
 class _Buffer:
-    """0-d device tensors in the order they were added, stacked once per step per (device, dtype)."""
+    """0-d device tensors in the order they were added, stacked once per step per (device, dtype).
+
+    Only the thread that runs the forward pass adds to it; backward hooks queue their tensors in their own list (one
+    atomic append), moved here at :meth:`ActivationProbe.collect`.
+    """
 
     def __init__(self) -> None:
-        self._groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        self._where: list[tuple[tuple[torch.device, torch.dtype], int]] = []
-        self._lock = threading.Lock()  # backward hooks may run on the autograd engine's device threads
+        self._items: list[Tensor] = []
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._items)
 
     def add(self, t: Tensor) -> int:
-        key = (t.device, t.dtype)
-        with self._lock:
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = []
-            self._where.append((key, len(group)))
-            group.append(t)
-            return len(self._where) - 1
+        self._items.append(t)
+        return len(self._items) - 1
 
     def gather(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
         """One vector on ``device`` and the host permutation that puts it back in the order of :meth:`add`."""
-        offsets: dict[tuple[torch.device, torch.dtype], int] = {}
-        parts = []
-        for key, group in self._groups.items():
-            offsets[key] = sum(p.numel() for p in parts)
-            parts.append(torch.stack(group).to(device, dtype, non_blocking=True))
-        perm = np.fromiter((offsets[k] + i for k, i in self._where), dtype=np.int64, count=len(self._where))
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, t in enumerate(self._items):
+            groups.setdefault((t.device, t.dtype), []).append(i)
+        parts, order = [], []
+        for idx in groups.values():
+            parts.append(torch.stack([self._items[i] for i in idx]).to(device, dtype, non_blocking=True))
+            order += idx
+        perm = np.empty(len(order), dtype=np.int64)
+        perm[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         return torch.cat(parts), perm
 
 
@@ -183,11 +181,12 @@ class ActivationProbe:
         sampled = self._stats_on
         for h in self._tensor_handles:  # the graph that held them is normally gone; retain_graph=True is not
             h.remove()
+        events = [(slot, self._buffer.add(t)) for slot, t in self._grads]
         if not len(self._buffer):
             self._reset()
             return None, None
         vec, perm = self._buffer.gather(device, dtype)
-        token = _Token(step, sampled, vec.numel(), perm, self._calls, self._events)
+        token = _Token(step, sampled, vec.numel(), perm, self._calls, events)
         self._reset()
         return vec, token
 
@@ -274,7 +273,12 @@ class ActivationProbe:
             call.numel = outs[0].numel()
             call.units = call.numel // outs[0].shape[0] if outs[0].dim() >= 2 else call.numel
             first_flag = handles[1]  # the output's L2 norm is its finiteness flag
-        inputs = _floating((args, kwargs)) if self._flags_on else []
+        if not self._flags_on:
+            inputs = []
+        elif not kwargs and len(args) == 1 and isinstance(args[0], Tensor):
+            inputs = _floating(args[0])
+        else:
+            inputs = _floating((args, kwargs))
         if self._flags_on:
             call.inputs = [self._input_flag(t, outs) for t in inputs]
             call.outputs = [self._output_flag(t, first_flag if j == 0 else -1) for j, t in enumerate(outs)]
@@ -286,7 +290,7 @@ class ActivationProbe:
 
     def _on_grad(self, slot: int, grad: Tensor | None) -> None:
         if self._live and grad is not None:
-            self._events.append((slot, self._buffer.add(flag(grad))))
+            self._grads.append((slot, flag(grad)))  # one atomic append: safe from the autograd device threads
 
     def _seen(self, t: Tensor) -> _Seen:
         seen = self._tensors.get(id(t))
@@ -320,7 +324,7 @@ class ActivationProbe:
     def _reset(self) -> None:
         self._buffer = _Buffer()
         self._calls: list[rules.Call] = []
-        self._events: list[tuple[int, int]] = []
+        self._grads: list[tuple[int, Tensor]] = []
         self._tensors: dict[int, _Seen] = {}
         self._tensor_handles = []
         self._next_slot = 0
