@@ -308,6 +308,8 @@ class ActivationProbe:
 
     def _output_flag(self, t: Tensor, handle: int) -> int:
         seen = self._seen(t)
+        if handle < 0 and seen.flag >= 0 and seen.version == t._version:
+            return seen.flag  # a container returning its last child's output: measured already
         seen.flag = handle if handle >= 0 else self._buffer.add(flag(t))
         seen.version = t._version
         return seen.flag
