@@ -164,3 +164,25 @@ def test_outputs_of_every_shape_survive_a_training_step() -> None:
         F.mse_loss(model(torch.randn(5, 3))["y"], torch.zeros(5, 3)).backward()
         assert w.step().symptoms == []
     assert sink.series("gradwatch/act_mean/0")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_model_compiled_after_watch_records_nothing_and_warns_once(fresh: bool) -> None:
+    if fresh:  # hooks met while tracing; else (a graph cached by an earlier test) hooks never even called
+        torch._dynamo.reset()
+    else:
+        compiled = torch.compile(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)), backend="eager")
+        compiled(torch.randn(8, 4))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    sink = gradwatch.MemorySink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradwatch.watch(model, activations=True, sinks=[sink]) as w:
+            compiled = torch.compile(model, backend="eager")
+            for _ in range(3):
+                compiled(torch.randn(8, 4)).sum().backward()
+                report = w.step()
+                model.zero_grad()
+    assert report.layers["0"].grad_norm > 0
+    assert not [t for t in sink.scalars if "/act_" in t]
+    assert len([c for c in caught if "the model runs under torch.compile" in str(c.message)]) == 1

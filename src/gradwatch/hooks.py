@@ -154,7 +154,8 @@ class ActivationProbe:
         self._tensor_handles: list[Any] = []
         self._live = True
         self._stats_on = self._flags_on = False
-        self._compiling_seen = False
+        self._compiling_seen = self._compile_warned = False
+        self._silent = 0  # consecutive hooked steps without a single recorded call
         self._reset()
         self.prepare(0)
 
@@ -179,6 +180,18 @@ class ActivationProbe:
     def collect(self, step: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor | None, _Token | None]:
         """This step's recorded device values as one vector on ``device`` (or ``None``), and the token to decode it."""
         sampled = self._stats_on
+        root = self._root()
+        # Hooks on, a training-mode model, and not one call: compiled code ran instead (torch.compile does not
+        # re-trace when hooks are added after compiling, so the hooks may not even be called).
+        self._silent = self._silent + 1 if self._handles and not self._calls and root is not None and root.training \
+            else 0
+        if (self._compiling_seen or self._silent >= 3) and not self._compile_warned:
+            self._compile_warned = True
+            from .watcher import GradWatchWarning
+
+            warnings.warn("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
+                          "(compiled code skips gradwatch's hooks), or its forward calls none of the hooked modules. "
+                          "The gradient statistics still work.", GradWatchWarning, stacklevel=3)
         for h in self._tensor_handles:  # the graph that held them is normally gone; retain_graph=True is not
             h.remove()
         events = [(slot, self._buffer.add(t)) for slot, t in self._grads]
