@@ -195,3 +195,24 @@ def test_activation_globs_choose_modules() -> None:
     assert {t.split("/")[-1] for t in sink.scalars if t.startswith("gradwatch/act_")} == {"1"}
     with pytest.raises(gradwatch.ConfigurationError, match="'nope' matches no module"):
         gradwatch.watch(model, activations="nope")
+
+
+def test_inplace_activation_gets_its_own_output_gradient() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 1))
+    x = torch.randn(16, 4)
+    h = model[0](x)
+    h.retain_grad()
+    a = torch.relu(h)
+    a.retain_grad()
+    model[2](a).pow(2).mean().backward()
+    want_lin, want_relu = h.grad.norm().item(), a.grad.norm().item()
+    assert want_lin != pytest.approx(want_relu)  # ReLU zeroes some of the gradient
+    model.zero_grad()
+    sink = gradwatch.MemorySink()
+    with gradwatch.watch(model, activations=True, nan_origin="every_step", sinks=[sink]) as w:
+        model(x).pow(2).mean().backward()
+        w.step()
+    assert sink.series("gradwatch/grad_out_norm/0")[0][1] == pytest.approx(want_lin, rel=1e-5)
+    assert sink.series("gradwatch/grad_out_norm/1")[0][1] == pytest.approx(want_relu, rel=1e-5)
+    assert sink.series("gradwatch/act_zero_frac/0")[0][1] == 0.0  # measured before the in-place ReLU ran

@@ -87,6 +87,7 @@ class _Seen:
     version: int = -1
     flag: int = -1
     slot: int = -1
+    slot_version: int = -1
 
 
 @dataclass
@@ -113,8 +114,9 @@ class ActivationProbe:
 
     >>> probe = ActivationProbe(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), activations=True, every_n_steps=1,
     ...                         nan_origin="sampled", thresholds=Thresholds())
-    >>> probe.names
-    ['__root__', '0', '1']
+    >>> probe.prepare(0)  # attach the hooks for step 0
+    >>> probe.names, probe.attached
+    (['__root__', '0', '1'], True)
     >>> probe.close()
     """
 
@@ -157,7 +159,6 @@ class ActivationProbe:
         self._compiling_seen = self._compile_warned = False
         self._silent = 0  # consecutive hooked steps without a single recorded call
         self._reset()
-        self.prepare(0)
 
     # ------------------------------------------------------------------ the watcher's side
     def prepare(self, step: int) -> None:
@@ -295,10 +296,10 @@ class ActivationProbe:
         if self._flags_on:
             call.inputs = [self._input_flag(t, outs) for t in inputs]
             call.outputs = [self._output_flag(t, first_flag if j == 0 else -1) for j, t in enumerate(outs)]
+        if self._flags_on:  # inputs first: an in-place module's input is its output's earlier version
+            call.in_slots = [self._slot(t, stale_ok=any(o is t for o in outs)) for t in inputs if t.requires_grad]
         if kind is not None or self._flags_on:
             call.out_slots = [self._slot(t) for t in outs if t.requires_grad]
-        if self._flags_on:
-            call.in_slots = [self._slot(t) for t in inputs if t.requires_grad]
         self._calls.append(call)
 
     def _on_grad(self, slot: int, grad: Tensor | None) -> None:
@@ -327,10 +328,11 @@ class ActivationProbe:
         seen.version = t._version
         return seen.flag
 
-    def _slot(self, t: Tensor) -> int:
+    def _slot(self, t: Tensor, stale_ok: bool = False) -> int:
+        """The backward slot of ``t``: one tensor hook per tensor version (an in-place op makes a new version)."""
         seen = self._seen(t)
-        if seen.slot < 0:
-            seen.slot = self._next_slot
+        if seen.slot < 0 or (seen.slot_version != t._version and not stale_ok):
+            seen.slot, seen.slot_version = self._next_slot, t._version
             self._next_slot += 1
             self._tensor_handles.append(t.register_hook(functools.partial(self._on_grad, seen.slot)))
         return seen.slot

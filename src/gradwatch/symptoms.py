@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["LayerStats", "Severity", "Symptom", "SymptomKind"]
 
-SymptomKind = Literal["nonfinite", "vanishing", "exploding"]
+SymptomKind = Literal["nonfinite", "vanishing", "exploding", "saturated", "dead"]
 Severity = Literal["warning", "error"]
 
 
@@ -51,7 +51,7 @@ class Symptom:
     """A problem gradwatch found.
 
     Attributes:
-        kind: ``"nonfinite"``, ``"vanishing"`` or ``"exploding"`` (later versions add kinds).
+        kind: ``"nonfinite"``, ``"vanishing"``, ``"exploding"``, ``"saturated"`` or ``"dead"`` (later versions add kinds).
         layer: the layer's qualified name, or ``None`` for a model-wide symptom.
         step: the step at which it was seen.
         value: the evidence (for example the layer's gradient RMS, or the global norm).

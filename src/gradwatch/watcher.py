@@ -208,6 +208,9 @@ class Watcher:
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
         self.history = SymptomHistory()
+        probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
+                                every_n_steps=self.every_n_steps if activation_every_n_steps is None
+                                else activation_every_n_steps, thresholds=thresholds)
         if log_dir is not None or writer is not None:
             sinks.insert(0, TensorBoardSink(log_dir=log_dir, writer=writer))
         self.sinks: list[Sink] = sinks
@@ -216,13 +219,10 @@ class Watcher:
         self._transfers: list[_Transfer] = []
         self._closed = False
         self._cleanups: list[Any] = []  # handles (hooks) to remove on close
-        self._probe: ActivationProbe | None = None
-        probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
-                                every_n_steps=self.every_n_steps if activation_every_n_steps is None
-                                else activation_every_n_steps, thresholds=thresholds)
-        if probe.enabled:
-            self._probe = probe
-            self.add_cleanup(probe)
+        self._probe = probe if probe.enabled else None  # hooks for activations and the NaN origin (hooks.py)
+        if self._probe is not None:
+            self.add_cleanup(self._probe)
+            self._probe.prepare(self._step)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -374,6 +374,7 @@ class Watcher:
             self.clipper.load_state_dict(dict(state["clipper"]))
         if self._probe is not None and "activations" in state:
             self._probe.load_state_dict(state["activations"])
+            self._probe.prepare(self._step)
 
     def summary(self) -> str:
         """A short table of every symptom seen so far: kind, layer, count, first and last step."""
