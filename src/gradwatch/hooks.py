@@ -112,8 +112,9 @@ class ActivationProbe:
         nan_origin: when to record the flags that locate the first non-finite value.
         thresholds: the rules' parameters (``saturated_frac``, ``dead_frac``, ``activation_patience``).
 
-    >>> probe = ActivationProbe(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), activations=True, every_n_steps=1,
-    ...                         nan_origin="sampled", thresholds=Thresholds())
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Tanh())  # the probe holds it weakly only
+    >>> probe = ActivationProbe(model, activations=True, every_n_steps=1, nan_origin="sampled",
+    ...                         thresholds=Thresholds())
     >>> probe.prepare(0)  # attach the hooks for step 0
     >>> probe.names, probe.attached
     (['__root__', '0', '1'], True)
