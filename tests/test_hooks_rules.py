@@ -59,7 +59,7 @@ def test_deep_sigmoid_with_large_weights_is_saturated() -> None:
 
 
 def test_deep_sigmoid_with_default_init_vanishes_without_saturating() -> None:
-    w = train(deep_mlp(nn.Sigmoid), steps=25)
+    w = train(deep_mlp(nn.Sigmoid), steps=15, thresholds=gradwatch.Thresholds(vanishing_patience=10))
     assert not w.history.layers("saturated")  # small pre-activations: sigmoid' <= 0.25, multiplied, not saturation
     assert w.history.layers("vanishing")
 

@@ -6,7 +6,7 @@
 >>> with gradwatch.watch(model) as watcher:
 ...     report = watcher.step()
 >>> round(report.layers["__root__"].grad_norm, 3)
-3.162
+4.0
 """
 
 from __future__ import annotations

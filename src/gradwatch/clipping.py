@@ -119,8 +119,19 @@ class ValueClip(Clipper):
 
     def clip(self, batch: GradBatch) -> ClipResult:
         for g in batch.groups:
-            torch._foreach_clamp_min_(g.grads, -self.value)
-            torch._foreach_clamp_max_(g.grads, self.value)
+            try:
+                torch._foreach_clamp_min_(g.grads, -self.value)
+                torch._foreach_clamp_max_(g.grads, self.value)
+            except (RuntimeError, NotImplementedError):
+                # Sparse gradients (nn.Embedding(sparse=True)) have no in-place clamp: clamp their coalesced values
+                # (torch.nn.utils.clip_grad_value_ refuses them).
+                for i, (p, grad) in enumerate(zip(g.params, g.grads)):
+                    if grad.is_sparse:
+                        grad = grad.coalesce()
+                        grad.values().clamp_(-self.value, self.value)
+                        p.grad = g.grads[i] = grad
+                    else:
+                        grad.clamp_(-self.value, self.value)
         return ClipResult(clipped_norm=None, threshold=self.value)
 
 

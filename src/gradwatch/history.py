@@ -20,6 +20,7 @@ class SymptomSummary:
     first_step: int
     last_step: int
     message: str  # the most recent message
+    first_message: str = ""  # the message when it was first seen
 
     def __str__(self) -> str:
         where = self.layer if self.layer is not None else "(model)"
@@ -45,7 +46,7 @@ class SymptomHistory:
             key = (s.kind, s.layer)
             entry = self._by_key.get(key)
             if entry is None:
-                self._by_key[key] = SymptomSummary(s.kind, s.layer, 1, s.step, s.step, s.message)
+                self._by_key[key] = SymptomSummary(s.kind, s.layer, 1, s.step, s.step, s.message, s.message)
             else:
                 entry.count += 1
                 entry.last_step = max(entry.last_step, s.step)

@@ -111,7 +111,10 @@ def vanishing_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
         return []
     strongest_i = int(np.nanargmax(np.where(usable, rms, -np.inf)))
     strongest = float(rms[strongest_i])
-    floor = np.maximum(th.vanishing_rms, th.vanishing_ratio * strongest)
+    # The relative floor compares with the strongest layer; when that layer is exploding the comparison says nothing
+    # about the others, so only the absolute floor applies then.
+    relative = th.vanishing_ratio * strongest if stats.global_norm <= th.exploding_norm else 0.0
+    floor = max(th.vanishing_rms, relative)
     starved = usable & (rms < floor)
     state.vanish_count = np.where(starved, state.vanish_count + 1, 0)
     state.vanish_since = np.where(starved, np.where(state.vanish_since < 0, stats.step, state.vanish_since), -1)
@@ -140,20 +143,27 @@ def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, st
     n = len(names)
     first, last = names[firing[0]], names[firing[-1]]
     weakest_i = int(firing[np.argmin(rms[firing])])
-    side = "input" if firing.mean() < (n - 1) / 2 else "output"
-    fall = rms[strongest_i] / rms[weakest_i] if rms[weakest_i] > 0 else math.inf
-    span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
-    return (f"Depth profile: {firing.size} of {n} layers starved ({span}, the {side} side, in registration order); "
-            f"the gradient RMS falls {fall:.1e}x from '{names[strongest_i]}' to '{names[weakest_i]}'.")
+    if firing.size == n:
+        where = f"all {n} layers starved: the whole network has stalled"
+    else:
+        side = "input" if firing.mean() < (n - 1) / 2 else "output"
+        span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
+        where = f"{firing.size} of {n} layers starved ({span}, on the {side} side, in registration order)"
+    if rms[weakest_i] > 0:
+        fall = f"the gradient RMS falls {rms[strongest_i] / rms[weakest_i]:.1e}x"
+    else:
+        fall = "the gradient RMS falls to exactly zero"
+    return f"Depth profile: {where}; {fall} from '{names[strongest_i]}' to '{names[weakest_i]}'."
 
 
 def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
     g = stats.global_norm
-    if not math.isfinite(g):
+    if math.isnan(g) or stats.nonfinite.any():
         return []  # the nonfinite rule speaks for this step; the baseline ignores it
+    # An infinite norm without a NaN/Inf entry is a float32 overflow of finite, huge gradients: exploding.
     out = []
     advice = traits.exploding_advice()
-    top = int(np.nanargmax(np.where(np.isfinite(stats.grad_norm), stats.grad_norm, -np.inf)))
+    top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
     top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
     if g > th.exploding_norm:
         since = state.active.get(("exploding", None), stats.step)
@@ -163,7 +173,7 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
             message=(f"Exploding gradients at step {stats.step}: global norm {g:.3g} is over the ceiling "
                      f"{th.exploding_norm:.3g}; largest in layer '{top_name}' ({top_norm:.3g}). {advice}"),
         ))
-        for i in np.flatnonzero(np.isfinite(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
+        for i in np.flatnonzero(~np.isnan(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
             name = stats.names[i]
             out.append(Symptom(
                 kind="exploding", layer=name, step=stats.step, value=float(stats.grad_norm[i]),
@@ -185,7 +195,7 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
             ))
         if state.jump_streak > max(th.jump_warmup, 1):
             state.baseline, state.jump_streak = g, 0  # a lasting new level: accept it as the baseline
-    else:
+    elif math.isfinite(g):
         state.jump_streak = 0
         b = th.baseline_beta
         state.baseline = g if state.baseline is None else b * state.baseline + (1 - b) * g

@@ -117,8 +117,13 @@ class TensorBoardSink:
         file_writer.add_summary(summary, step)
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
-        if symptoms:
+        if not symptoms:
+            return
+        file_writer = _file_writer(self.writer)
+        if file_writer is None:
             self.writer.add_text(ALERTS_TAG, alerts_markdown(symptoms), step)
+        else:  # exactly under ALERTS_TAG (SummaryWriter.add_text would append "/text_summary")
+            file_writer.add_summary(text_summary(ALERTS_TAG, alerts_markdown(symptoms)), step)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -127,6 +132,20 @@ class TensorBoardSink:
         self.writer.flush()
         if self._owns:
             self.writer.close()
+
+
+def text_summary(tag: str, text: str) -> Any:
+    """A TensorBoard text-plugin summary under exactly ``tag``."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="text", content=TextPluginData(version=0).SerializeToString()))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
 
 
 def _file_writer(writer: Any) -> Any:

@@ -17,7 +17,8 @@ class Thresholds:
     Attributes:
         vanishing_rms: absolute floor: a layer whose gradient RMS (``grad_norm / sqrt(numel)``) is below it is starved.
         vanishing_ratio: relative floor: a layer whose gradient RMS is below this fraction of the strongest layer's
-            RMS is starved.
+            RMS is starved. Not applied while the global norm is over ``exploding_norm`` (then the strongest layer is
+            the sick one, not the others).
         vanishing_patience: steps a layer must stay starved before ``vanishing`` is reported (one bad step is noise).
         exploding_norm: absolute ceiling on the global gradient norm (before clipping), and on each layer's norm.
         jump_factor: a global norm this many times above its running baseline is a sudden jump (``exploding``).
@@ -34,12 +35,12 @@ class Thresholds:
     5
     """
 
-    vanishing_rms: float = 1e-7
-    vanishing_ratio: float = 1e-3
-    vanishing_patience: int = 20
+    vanishing_rms: float = 1e-8
+    vanishing_ratio: float = 3e-4
+    vanishing_patience: int = 50
     exploding_norm: float = 1e4
-    jump_factor: float = 10.0
-    jump_warmup: int = 20
+    jump_factor: float = 50.0
+    jump_warmup: int = 10
     baseline_beta: float = 0.9
     saturated_frac: float = 0.5
     dead_frac: float = 0.5

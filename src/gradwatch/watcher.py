@@ -9,11 +9,13 @@ reads a value of the step's report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -65,6 +67,10 @@ class _Record:
     symptoms: list[Symptom] = field(default_factory=list)
     layer_stats: dict[str, LayerStats] | None = None
     probe: Any = None  # the activation probe's token for this step's values (the packed vector's tail)
+    amp: bool = False  # the gradients were unscaled by a dynamic loss scaler (fp16 AMP)
+    amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
+    amp_streak: int = 0  # consecutive overflow steps up to this one
+    amp_overflows: int = 0  # overflow steps so far
 
 
 @dataclass
@@ -203,7 +209,7 @@ class Watcher:
                 raise ConfigurationError(f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
         self._layers: list[Layer] = discover_layers(model, layers)
         self.layer_names: list[str] = [layer.name for layer in self._layers]
-        self._model_ref: weakref.ref[nn.Module] = weakref.ref(model)
+        self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
         self._engine = StatsEngine(self._layers)
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
@@ -223,6 +229,10 @@ class Watcher:
         if self._probe is not None:
             self.add_cleanup(self._probe)
             self._probe.prepare(self._step)
+        #: Consecutive fp16 loss-scaler overflows after which they are reported as ``nonfinite`` (see ``loss_scale``).
+        self.amp_overflow_patience = 20
+        self._amp_streak = 0
+        self._amp_overflows = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -242,7 +252,14 @@ class Watcher:
                 return s.log_dir
         return None
 
-    def step(self, *, loss: Tensor | float | None = None, global_step: int | None = None) -> StepReport:
+    def step(
+        self,
+        *,
+        loss: Tensor | float | None = None,
+        global_step: int | None = None,
+        loss_scale: Tensor | float | None = None,
+        reduce_flag: Callable[[Tensor], Tensor] | None = None,
+    ) -> StepReport:
         """Measure this step's gradients, clip them, act on non-finite values, and log.
 
         Args:
@@ -250,6 +267,15 @@ class Watcher:
                 the rest of the step's values.
             global_step: the step number to use (adapters pass the trainer's step); by default the watcher counts
                 its own calls. Logging happens when ``global_step % every_n_steps == 0``.
+            loss_scale: the current scale of a dynamic loss scaler (fp16 AMP's ``GradScaler``), whose gradients were
+                unscaled before this call. Non-finite gradients are then the scaler's business (it skips the
+                optimizer step and lowers the scale): they are counted as an ``amp_overflow`` event
+                (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore the step, unless the
+                overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
+                symptoms (and ``on_nonfinite`` acts).
+            reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
+                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
+                Called on every step where a decision is taken, on every process.
 
         Returns:
             The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
@@ -267,10 +293,25 @@ class Watcher:
         dev = self._engine.compute()
         record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
                          extra_tags=[], extra_values={})
+        amp = record.amp = loss_scale is not None
+        if amp:
+            # Intended host sync: the GradScaler reads its own Inf/NaN flags on the host in scaler.step() right after
+            # this call; overflow bookkeeping needs the same answer now.
+            overflow = record.amp_overflow = bool(dev.nonfinite.any())
+            self._amp_streak = self._amp_streak + 1 if overflow else 0
+            self._amp_overflows += int(overflow)
+            record.amp_streak, record.amp_overflows = self._amp_streak, self._amp_overflows
         bad = False
         if self.on_nonfinite in ("skip", "raise"):
+            if amp:
+                flag = torch.tensor(float(record.amp_overflow and record.amp_streak >= self.amp_overflow_patience),
+                                    dtype=dev.total_norm.dtype, device=dev.total_norm.device)
+            else:
+                flag = dev.nonfinite.amax() if dev.nonfinite.numel() else dev.total_norm.new_zeros(())
+            if reduce_flag is not None:
+                flag = reduce_flag(flag)
             # Intended host sync: the decision to skip or raise must be known before optimizer.step().
-            bad = bool(dev.nonfinite.any())
+            bad = bool(flag > 0)
             if bad:
                 logged = record.logged = True
         clipped = dev.total_norm
@@ -284,6 +325,10 @@ class Watcher:
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
                 elif value is not None:
                     record.extra_values[tag] = float(value)
+        if amp:
+            record.extra_tags.append("gradwatch/amp/scale")
+            scale_t = loss_scale.detach() if isinstance(loss_scale, Tensor) else torch.tensor(float(loss_scale))
+            extras.append(scale_t.reshape(1).to(dev.total_norm.device, dev.total_norm.dtype, non_blocking=True))
         if loss is not None:
             record.extra_tags.append("gradwatch/loss")
             loss_t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
@@ -325,7 +370,7 @@ class Watcher:
         """Bring every pending step to the host, evaluate it, and flush the sinks."""
         if self._pending:
             self._resolve(self._pending[-1])
-        for s in self.sinks:
+        for s in list(self.sinks):
             self._safe(s, "flush")
 
     def close(self) -> None:
@@ -339,11 +384,11 @@ class Watcher:
             for handle in self._cleanups:
                 handle.remove()
             self._cleanups.clear()
-            for s in self.sinks:
+            for s in list(self.sinks):
                 self._safe(s, "close")
             self._engine.close()
             self._layers = []
-            self._model_ref = weakref.ref(_DEAD)
+            self._model_ref = _no_model
             self._transfers.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -357,6 +402,7 @@ class Watcher:
             "rules": self._rules.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
             **({"activations": self._probe.state_dict()} if self._probe is not None else {}),
+            "amp": {"streak": self._amp_streak, "overflows": self._amp_overflows},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -375,6 +421,9 @@ class Watcher:
         if self._probe is not None and "activations" in state:
             self._probe.load_state_dict(state["activations"])
             self._probe.prepare(self._step)
+        amp = state.get("amp", {})
+        self._amp_streak = int(amp.get("streak", 0))
+        self._amp_overflows = int(amp.get("overflows", 0))
 
     def summary(self) -> str:
         """A short table of every symptom seen so far: kind, layer, count, first and last step."""
@@ -471,7 +520,15 @@ class Watcher:
         for i, tag in enumerate(r.extra_tags):
             r.extra_values[tag] = float(v[base + i])
         stats.extras = r.extra_values
-        symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+        persistent = r.amp_overflow and r.amp_streak >= self.amp_overflow_patience
+        if r.amp_overflow and not persistent:
+            symptoms, onsets = [], []  # the scaler's business: it skips this step; the rules do not see it
+            self.history.extend([_amp_event(r)])
+        else:
+            symptoms, onsets = evaluate(stats, self.thresholds, self._rules, self._traits)
+            if persistent:
+                symptoms = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in symptoms]
+                onsets = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in onsets]
         probe_scalars: dict[str, float] = {}
         if r.probe is not None and self._probe is not None:
             symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
@@ -483,6 +540,9 @@ class Watcher:
             scalars.update(_scalars(stats))
             scalars.update(r.extra_values)
         scalars.update(probe_scalars)
+        if r.amp and (r.logged or r.amp_overflow):
+            scalars["gradwatch/amp/scale"] = r.extra_values["gradwatch/amp/scale"]
+            scalars["gradwatch/amp/overflows"] = float(r.amp_overflows)
         if r.logged or symptoms:
             counts = dict.fromkeys(SYMPTOM_KINDS + (self._probe.kinds if self._probe is not None else ()), 0.0)
             for s in symptoms:
@@ -490,7 +550,7 @@ class Watcher:
             scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
         onset_ids = {id(s) for s in onsets}
         alerts = [s for s in symptoms if s.kind == "nonfinite" or id(s) in onset_ids]
-        for sink in self.sinks:
+        for sink in list(self.sinks):  # a copy: a failing sink removes itself
             self._safe(sink, "write_scalars", r.step, scalars)
             if alerts:
                 self._safe(sink, "write_alerts", r.step, alerts)
@@ -503,9 +563,16 @@ class Watcher:
             action = " The step was skipped." if self.on_nonfinite == "skip" else ""
             warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
                           f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
+        by_kind: dict[str, list[Symptom]] = {}
         for s in onsets:
             if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
-                logger.warning("gradwatch: %s", s.message)
+                by_kind.setdefault(s.kind, []).append(s)
+        for kind, group in by_kind.items():
+            if len(group) == 1:
+                logger.warning("gradwatch: %s", group[0].message)
+            else:  # one message per kind and step: the first layer's full text, the others by name
+                names = ", ".join(s.layer or "(model)" for s in group[1:])
+                logger.warning("gradwatch: %s Also %s at: %s.", group[0].message, kind, names)
 
     def _safe(self, sink: Sink, method: str, *args: Any) -> None:
         """A sink that fails (disk full, closed writer) is reported once and dropped; training goes on."""
@@ -523,6 +590,24 @@ class Watcher:
         return iter(self.layer_names)
 
 
+def _amp_event(r: _Record) -> Symptom:
+    """An fp16 loss-scaler overflow: an event for the history, not a symptom (the scaler skips the step)."""
+    scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
+    return Symptom(kind="amp_overflow", layer=None, step=r.step, value=scale, threshold=math.inf, severity="warning",
+                   since=r.step - r.amp_streak + 1,
+                   message=(f"The fp16 GradScaler found Inf/NaN gradients at step {r.step} (loss scale {scale:g}) and "
+                            "skipped the optimizer step; now and then this is normal: the scaler lowers its scale."))
+
+
+def _amp_persistent(s: Symptom, r: _Record) -> Symptom:
+    """A ``nonfinite`` symptom whose message says that the scaler's overflows are no longer transient."""
+    scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
+    first, _, rest = s.message.partition(". ")
+    note = (f"The fp16 GradScaler has found Inf/NaN for {r.amp_streak} consecutive steps (loss scale now {scale:g}): "
+            "this is not a transient overflow but a real numerical problem.")
+    return dataclasses.replace(s, message=f"{first}. {note} {rest}".strip(), since=r.step - r.amp_streak + 1)
+
+
 def _scalars(stats: HostStats) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, name in enumerate(stats.names):
@@ -536,11 +621,8 @@ def _scalars(stats: HostStats) -> dict[str, float]:
     return out
 
 
-class _Dead(nn.Module):
-    pass
-
-
-_DEAD = _Dead()
+def _no_model() -> nn.Module | None:
+    return None
 
 
 def watch(

@@ -1,0 +1,253 @@
+"""``GradWatchCallback``: gradwatch's engine inside any PyTorch Lightning ``Trainer``.
+
+The callback is a thin adapter over :class:`gradwatch.Watcher`: it creates the watcher in ``setup``, calls
+``watcher.step()`` in ``on_before_optimizer_step`` (gradients unscaled, accumulated and all-reduced, not yet clipped),
+and maps Lightning's loggers, AMP scaler, ranks and checkpoints onto the watcher. It works with Trainers from both
+``lightning.pytorch`` and ``pytorch_lightning``: it subclasses the ``Callback`` of each namespace that imports.
+
+>>> from gradwatch.lightning import GradWatchCallback
+>>> GradWatchCallback(clip=1.0, on_nonfinite="skip")
+GradWatchCallback(clip=NormClip(max_norm=1.0, norm_type=2.0), on_nonfinite='skip', every_n_steps=None)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor
+from typing_extensions import override  # a dependency of both Lightning packages
+
+from ._lightning_compat import callback_bases, grad_scaler
+from ._lightning_sinks import LoggerSink, sinks_for_loggers
+from ._validate import check_choice, check_int
+from .clipping import Clipper, as_clipper
+from .errors import ConfigurationError
+from .sinks import Sink
+from .thresholds import Thresholds
+from .watcher import GradWatchWarning, NonFiniteAction, Watcher
+
+__all__ = ["GradWatchCallback", "LoggerSink", "OnNonFinite"]
+
+#: ``on_nonfinite`` choices of the callback: the watcher's, plus ``"stop"`` (skip the step, then end ``fit``).
+OnNonFinite = Literal["warn", "raise", "skip", "stop", "ignore"]
+
+
+def clip_conflict(gradient_clip_val: float | None, clip: Clipper | None) -> str | None:
+    """The error message when both the Trainer and the callback clip, else ``None``.
+
+    >>> clip_conflict(None, None) is None and clip_conflict(1.0, None) is None
+    True
+    """
+    if clip is None or gradient_clip_val is None or gradient_clip_val <= 0:
+        return None
+    return (f"Both Trainer(gradient_clip_val={gradient_clip_val!r}) and GradWatchCallback(clip={clip!r}) clip the "
+            "gradients. Remove gradient_clip_val from the Trainer: the callback clips in on_before_optimizer_step, "
+            "after measuring the unclipped norms. Or remove clip= from the callback to keep Lightning's clipping "
+            "(gradwatch then still records the norms before it).")
+
+
+def engine_action(on_nonfinite: OnNonFinite) -> NonFiniteAction:
+    """The watcher's action for the callback's: ``"stop"`` skips the bad step (the callback then stops ``fit``).
+
+    >>> engine_action("stop"), engine_action("raise")
+    ('skip', 'raise')
+    """
+    return "skip" if on_nonfinite == "stop" else on_nonfinite
+
+
+class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
+    """Per-layer gradient statistics, symptoms, clipping and actions in a Lightning ``Trainer``.
+
+    It takes :func:`gradwatch.watch`'s configuration, minus the model and the writer, which come from the Trainer.
+
+    Args:
+        every_n_steps: write per-layer scalars every this many optimizer steps; ``None`` follows
+            ``Trainer(log_every_n_steps=...)``. Symptoms are logged whenever they occur.
+        thresholds: the rules' parameters (:class:`gradwatch.Thresholds`); ``None`` for the defaults.
+        clip: ``None``, a float (global L2 max norm) or a clipper from :mod:`gradwatch.clipping`; applied in
+            ``on_before_optimizer_step``. Do not also set ``Trainer(gradient_clip_val=...)``.
+        on_nonfinite: ``"warn"``, ``"raise"`` (flush the logs, raise :class:`gradwatch.NonFiniteGradientError`),
+            ``"skip"`` (the optimizer step changes nothing), ``"stop"`` (skip the step, then end ``fit`` after it:
+            ``trainer.should_stop``), or ``"ignore"``. Decided identically on every rank.
+        layers: fnmatch glob(s) over layer names (qualified module names inside the LightningModule).
+        sinks: more :class:`gradwatch.Sink` objects (written on global rank zero only).
+        progress_bar: also show the global gradient norm (``grad_norm``) in the progress bar on logging steps.
+        amp_overflow_patience: under ``precision="16-mixed"``, this many consecutive GradScaler overflows are reported
+            as ``nonfinite`` symptoms; fewer are recorded as ``amp_overflow`` events only.
+        summary: print the symptom summary at the end of ``fit`` (global rank zero).
+
+    Attributes:
+        watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
+
+    Raises:
+        ConfigurationError: for an invalid argument; at ``setup`` when the Trainer also clips.
+
+    >>> cb = GradWatchCallback(layers="encoder.*", every_n_steps=10)
+    >>> cb.watcher is None
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int | None = None,
+        thresholds: Thresholds | None = None,
+        clip: float | Clipper | None = None,
+        on_nonfinite: OnNonFinite = "warn",
+        layers: str | Sequence[str] | None = None,
+        sinks: Sequence[Sink] = (),
+        progress_bar: bool = False,
+        amp_overflow_patience: int = 20,
+        summary: bool = True,
+    ) -> None:
+        super().__init__()
+        self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, minimum=1)
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ConfigurationError(f"thresholds={thresholds!r} must be a gradwatch.Thresholds or None.")
+        self.thresholds = thresholds
+        self.clip = as_clipper(clip)
+        self.on_nonfinite: OnNonFinite = check_choice(  # type: ignore[assignment]
+            "on_nonfinite", on_nonfinite, get_args(OnNonFinite))
+        self.layers = layers
+        self.sinks = list(sinks)
+        for s in self.sinks:
+            if not isinstance(s, Sink):
+                raise ConfigurationError(f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
+        for name, flag in (("progress_bar", progress_bar), ("summary", summary)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name}={flag!r} must be True or False.")
+        self.progress_bar = progress_bar
+        self.amp_overflow_patience = check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
+        self.summary = summary
+        self.watcher: Watcher | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._loss: Tensor | None = None
+        self._rank_zero = True
+        self._active = False  # a watcher is open (between setup and teardown)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Stable across runs: the clipper's class, not its repr (a stateful clipper's repr shows its state).
+        clip = None if self.clip is None else type(self.clip).__name__
+        return self._generate_state_key(layers=self.layers, clip=clip)
+
+    # ------------------------------------------------------------------ lifecycle
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        message = clip_conflict(trainer.gradient_clip_val, self.clip)
+        if message is not None:
+            raise ConfigurationError(message)
+        self._close()
+        if any(True for _ in pl_module.parameters()):
+            self._build(trainer, pl_module)
+        # else: the layers are created in configure_model(), after setup: the watcher is built in on_fit_start.
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._active:
+            self._build(trainer, pl_module)
+
+    def _build(self, trainer: Any, pl_module: Any) -> None:
+        self._rank_zero = bool(trainer.is_global_zero)
+        sinks: list[Sink] = []
+        if self._rank_zero:  # other ranks compute and decide, but never write
+            sinks = sinks_for_loggers(trainer.loggers) + self.sinks
+        self.watcher = Watcher(
+            pl_module, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
+            thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
+            layers=self.layers, sinks=sinks)
+        self.watcher.amp_overflow_patience = self.amp_overflow_patience
+        self._active = True
+        if self._pending_state is not None:
+            self.watcher.load_state_dict(self._pending_state)
+            self._pending_state = None
+        self._loss = None
+
+    @override
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
+        # Losses backpropagated since the last optimizer step (Lightning divides them by accumulate_grad_batches).
+        loss = loss.detach()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    @override
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        watcher = self.watcher
+        if watcher is None or not self._active:
+            return
+        loss, self._loss = self._loss, None
+        scale: float | None = None
+        scaler = grad_scaler(trainer)
+        if scaler is not None:
+            scale = scaler.get_scale()  # Intended host sync: scaler.step() syncs on its Inf flags right after anyway.
+            if loss is not None:
+                loss = loss / scale  # the hook saw the scaled loss
+        reduce = _any_rank(trainer) if trainer.world_size > 1 else None
+        with warnings.catch_warnings():
+            if not self._rank_zero:  # one warning per run, not one per rank
+                warnings.simplefilter("ignore", GradWatchWarning)
+            report = watcher.step(global_step=trainer.global_step, loss=loss, loss_scale=scale, reduce_flag=reduce)
+        if self.on_nonfinite == "stop" and report.skipped:  # report.skipped is agreed across ranks
+            trainer.should_stop = True
+            if self._rank_zero:
+                print(f"gradwatch: non-finite gradients at step {report.step}: the step was skipped and training "
+                      "stops after it (on_nonfinite='stop'). See the summary below and the gradwatch/alerts text.")
+        if self.progress_bar and report.logged:
+            pl_module.log("grad_norm", report.global_norm, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.watcher is not None and self.summary and trainer.is_global_zero:
+            print(self.watcher.summary())
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._close()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close()  # Lightning does not call teardown after an exception
+
+    def _close(self) -> None:
+        """Flush and close the watcher (hooks removed, model released); it stays readable (``history``)."""
+        self._loss = None
+        self._active = False
+        if self.watcher is not None:
+            self.watcher.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The watcher's rule and clipper state (Lightning stores it in the checkpoint's ``callbacks``)."""
+        if self.watcher is not None:
+            return self.watcher.state_dict()  # a closed watcher still has its final state
+        return dict(self._pending_state or {})
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output now, or at ``setup`` if the watcher does not exist yet."""
+        if not state_dict:
+            return
+        if self.watcher is not None and self._active:
+            self.watcher.load_state_dict(state_dict)
+        else:
+            self._pending_state = dict(state_dict)
+
+    def __repr__(self) -> str:
+        return (f"GradWatchCallback(clip={self.clip!r}, on_nonfinite={self.on_nonfinite!r}, "
+                f"every_n_steps={self.every_n_steps!r})")
+
+
+def _any_rank(trainer: Any) -> Any:
+    """A ``reduce_flag`` for the watcher: the largest flag of every rank, through the Trainer's strategy."""
+
+    def reduce(flag: Tensor) -> Tensor:
+        return trainer.strategy.reduce(flag.to(torch.float32), reduce_op="max")
+
+    return reduce
