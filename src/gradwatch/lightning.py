@@ -26,6 +26,7 @@ from ._validate import check_choice, check_int
 from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError
+from .hooks import NanOrigin, resolve_nan_origin
 from .sinks import Sink
 from .thresholds import Thresholds
 from .watcher import GradWatchWarning, NonFiniteAction, SpikeAction, Watcher
@@ -86,6 +87,10 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             through a ``TensorBoardLogger``; off by default).
         histograms: what to histogram: ``"grad"`` and/or ``"param"``, as in :func:`gradwatch.watch`.
         figure_every_n_steps: the gradient-flow figure every this many steps, as in :func:`gradwatch.watch`.
+        activations: forward/backward hooks for activation statistics, the gradient flowing out of each module and the
+            ``saturated``/``dead`` symptoms, as in :func:`gradwatch.watch` (docs/activations.md).
+        activation_every_n_steps: sample activations every this many steps (default: the logging interval).
+        nan_origin: ``"off"``, ``"sampled"`` or ``"every_step"``: find the module where a NaN/Inf first appeared.
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
@@ -114,6 +119,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         histogram_every_n_steps: int | None = None,
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
+        activations: bool | str | Sequence[str] = False,
+        activation_every_n_steps: int | None = None,
+        nan_origin: NanOrigin | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, minimum=1)
@@ -138,6 +146,14 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self._dashboard = {"histogram_every_n_steps": histogram_every_n_steps, "histograms": histograms,
                            "figure_every_n_steps": figure_every_n_steps}
         DashboardLogger((), **self._dashboard)  # type: ignore[arg-type]  # validates now, not at fit time
+        if not (isinstance(activations, (bool, str)) or
+                (isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))):
+            raise ConfigurationError(f"activations={activations!r} must be True/False, a glob over module names, or a "
+                                     "sequence of globs.")
+        if activation_every_n_steps is not None:
+            check_int("activation_every_n_steps", activation_every_n_steps, minimum=1)
+        self._hooks = {"activations": activations, "activation_every_n_steps": activation_every_n_steps,
+                       "nan_origin": resolve_nan_origin(nan_origin, activations)}
         self.watcher: Watcher | None = None
         self._pending_state: dict[str, Any] | None = None
         self._loss: Tensor | None = None
@@ -177,7 +193,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self.watcher = Watcher(
             pl_module, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
             thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
-            layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard)
+            layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard, **self._hooks)
         self.watcher.amp_overflow_patience = self.amp_overflow_patience
         self._active = True
         if self._pending_state is not None:

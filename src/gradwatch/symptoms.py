@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["LayerStats", "Severity", "Symptom", "SymptomKind"]
 
-SymptomKind = Literal["nonfinite", "vanishing", "exploding", "spike"]
+SymptomKind = Literal["nonfinite", "vanishing", "exploding", "spike", "saturated", "dead"]
 Severity = Literal["warning", "error"]
 
 
@@ -52,7 +52,8 @@ class Symptom:
     """A problem gradwatch found.
 
     Attributes:
-        kind: ``"nonfinite"``, ``"vanishing"``, ``"exploding"`` or ``"spike"`` (later versions add kinds).
+        kind: ``"nonfinite"``, ``"vanishing"``, ``"exploding"``, ``"spike"``, ``"saturated"`` or ``"dead"``
+            (later versions add kinds).
         layer: the layer's qualified name, or ``None`` for a model-wide symptom.
         step: the step at which it was seen.
         value: the evidence (for example the layer's gradient RMS, or the global norm).

@@ -33,6 +33,11 @@ class Thresholds:
         spike_loss_margin: ... and the loss is also above its EMA mean by at least this fraction of ``|mean|``.
         spike_alpha: EMA weight of the past for the spike baselines, in ``[0, 1)`` (0.98: a memory of ~50 steps).
         spike_warmup: steps whose mean and variance initialise the spike baselines; the rule is silent before.
+        saturated_frac: with ``activations=True``, a saturating activation (Sigmoid, Tanh, ...) with at least this
+            fraction of its outputs in the flat region is saturated (docs/activations.md).
+        dead_frac: with ``activations=True``, a ReLU-family activation with at least this fraction of its units at
+            zero for the whole batch has dead units.
+        activation_patience: sampled steps ``saturated`` or ``dead`` must hold before it is reported.
 
     Examples:
         >>> Thresholds(vanishing_patience=5).vanishing_patience
@@ -51,6 +56,9 @@ class Thresholds:
     spike_loss_margin: float = 0.25
     spike_alpha: float = 0.98
     spike_warmup: int = 25
+    saturated_frac: float = 0.5
+    dead_frac: float = 0.5
+    activation_patience: int = 5
 
     def __post_init__(self) -> None:
         check_number("Thresholds.vanishing_rms", self.vanishing_rms, nonnegative=True)
@@ -63,6 +71,9 @@ class Thresholds:
 
             raise ConfigurationError(f"Thresholds.jump_factor={self.jump_factor!r} must be > 1 (use inf to disable).")
         check_int("Thresholds.jump_warmup", self.jump_warmup, minimum=0)
+        check_number("Thresholds.saturated_frac", self.saturated_frac, positive=True, at_most=1.0)
+        check_number("Thresholds.dead_frac", self.dead_frac, positive=True, at_most=1.0)
+        check_int("Thresholds.activation_patience", self.activation_patience, minimum=1)
         check_number("Thresholds.baseline_beta", self.baseline_beta, nonnegative=True, below=1.0)
         check_number("Thresholds.spike_z", self.spike_z, positive=True, allow_inf=True)
         check_number("Thresholds.spike_factor", self.spike_factor, positive=True, allow_inf=True)

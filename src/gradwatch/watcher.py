@@ -30,6 +30,7 @@ from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
+from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
 from .layers import Layer, discover_layers, unwrap_model
 from .rules import HostStats, RuleState, evaluate
 from .sinks import Sink, TensorBoardSink
@@ -68,6 +69,7 @@ class _Record:
     stats: HostStats | None = None
     symptoms: list[Symptom] = field(default_factory=list)
     layer_stats: dict[str, LayerStats] | None = None
+    probe: Any = None  # the activation probe's token for this step's values (the packed vector's tail)
     amp: bool = False  # the gradients were unscaled by a dynamic loss scaler (fp16 AMP)
     amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
     amp_streak: int = 0  # consecutive overflow steps up to this one
@@ -199,6 +201,9 @@ class Watcher:
         histogram_every_n_steps: int | None = None,
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
+        activations: bool | str | Sequence[str] = False,
+        activation_every_n_steps: int | None = None,
+        nan_origin: NanOrigin | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -231,6 +236,9 @@ class Watcher:
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
         self.history = SymptomHistory()
+        probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
+                                every_n_steps=self.every_n_steps if activation_every_n_steps is None
+                                else activation_every_n_steps, thresholds=thresholds)
         if log_dir is not None or writer is not None:
             sinks.insert(0, TensorBoardSink(log_dir=log_dir, writer=writer))
         self.sinks: list[Sink] = sinks
@@ -239,6 +247,10 @@ class Watcher:
         self._transfers: list[_Transfer] = []
         self._closed = False
         self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+        self._probe = probe if probe.enabled else None  # hooks for activations and the NaN origin (hooks.py)
+        if self._probe is not None:
+            self.add_cleanup(self._probe)
+            self._probe.prepare(self._step)
         #: Consecutive fp16 loss-scaler overflows after which they are reported as ``nonfinite`` (see ``loss_scale``).
         self.amp_overflow_patience = 20
         self._amp_streak = 0
@@ -354,9 +366,15 @@ class Watcher:
         if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
             parts.append(tail)
             record.tail_len = tail.numel()
+        if self._probe is not None:  # the hooks' values travel at the end of the same vector
+            probe_values, record.probe = self._probe.collect(step, dev.total_norm.device, dev.total_norm.dtype)
+            if probe_values is not None:
+                parts.append(probe_values)
         record.packed = torch.cat(parts)
         self._pending.append(record)
         self._step += 1
+        if self._probe is not None:
+            self._probe.prepare(self._step)
         report = StepReport(record, self._resolve)
         if bad:
             self._resolve(record)
@@ -364,9 +382,11 @@ class Watcher:
                 self.flush()
                 layers = {s.layer: ("nan" if s.value != s.value else "inf") for s in record.symptoms
                           if s.kind == "nonfinite" and s.layer is not None}
+                origin = next((s.origin for s in record.symptoms if s.origin is not None), None)
                 raise NonFiniteGradientError(
                     f"Non-finite gradients at step {step} in {len(layers)} layer(s): "
                     + ", ".join(f"{k} ({v})" for k, v in layers.items())
+                    + (f". First non-finite value: module '{origin[0]}', {origin[1]} pass" if origin else "")
                     + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
                     step=step, layers=layers)
             self._skip()
@@ -420,6 +440,7 @@ class Watcher:
             "layers": list(self.layer_names),
             "rules": self._rules.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
+            **({"activations": self._probe.state_dict()} if self._probe is not None else {}),
             "amp": {"streak": self._amp_streak, "overflows": self._amp_overflows},
         }
 
@@ -436,6 +457,9 @@ class Watcher:
         self._rules.load_state_dict(state["rules"])
         if self.clipper is not None:
             self.clipper.load_state_dict(dict(state["clipper"]))
+        if self._probe is not None and "activations" in state:
+            self._probe.load_state_dict(state["activations"])
+            self._probe.prepare(self._step)
         amp = state.get("amp", {})
         self._amp_streak = int(amp.get("streak", 0))
         self._amp_overflows = int(amp.get("overflows", 0))
@@ -544,17 +568,22 @@ class Watcher:
             if persistent:
                 symptoms = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in symptoms]
                 onsets = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in onsets]
+        probe_scalars: dict[str, float] = {}
+        if r.probe is not None and self._probe is not None:
+            symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
+                                                                  stats)
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
             scalars.update(_scalars(stats))
             scalars.update(r.extra_values)
+        scalars.update(probe_scalars)
         if r.amp and (r.logged or r.amp_overflow):
             scalars["gradwatch/amp/scale"] = r.extra_values["gradwatch/amp/scale"]
             scalars["gradwatch/amp/overflows"] = float(r.amp_overflows)
         if r.logged or symptoms:
-            counts = dict.fromkeys(SYMPTOM_KINDS, 0.0)
+            counts = dict.fromkeys(SYMPTOM_KINDS + (self._probe.kinds if self._probe is not None else ()), 0.0)
             for s in symptoms:
                 counts[s.kind] = counts.get(s.kind, 0.0) + 1
             scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
@@ -564,7 +593,8 @@ class Watcher:
             self._safe(sink, "write_scalars", r.step, scalars)
             if alerts:
                 self._safe(sink, "write_alerts", r.step, alerts)
-        tail = v[len(v) - r.tail_len:] if r.tail_len else None
+        end = len(v) - (r.probe.size if r.probe is not None else 0)  # the probe's values come last, histograms before
+        tail = v[end - r.tail_len:end] if r.tail_len else None
         self._dashboard.host_part(r.step, tail, stats, symptoms, scalars, list(self.sinks), self._safe)
         self._announce(r.step, symptoms, onsets)
 
@@ -656,6 +686,9 @@ def watch(
     histogram_every_n_steps: int | None = None,
     histograms: Sequence[HistogramOf] = ("grad",),
     figure_every_n_steps: int | None = None,
+    activations: bool | str | Sequence[str] = False,
+    activation_every_n_steps: int | None = None,
+    nan_origin: NanOrigin | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -682,6 +715,15 @@ def watch(
         histograms: what to histogram: ``"grad"`` (default) and/or ``"param"`` (``gradwatch/param_hist/<layer>``).
         figure_every_n_steps: write the gradient-flow figure (image ``gradwatch/flow``) on the steps that are
             multiples of this; ``None`` (default) for never. Needs matplotlib (``pip install 'gradwatch[plot]'``).
+        activations: ``True`` to hook every module (a glob or list of globs over module names for some): output mean,
+            std, zero fraction, saturated and dead fractions, gradient norm flowing out of each module, and the
+            ``saturated`` and ``dead`` symptoms (docs/activations.md). Quiet in ``eval()`` and ``no_grad``.
+        activation_every_n_steps: sample activations every this many steps (default: ``every_n_steps``); hooks are
+            attached on those steps only.
+        nan_origin: locate the module where a non-finite value first appeared (``Symptom.origin``): ``"off"``,
+            ``"sampled"`` (on the sampled steps) or ``"every_step"`` (hooks on every step: costs about as much as
+            activations every step, still far less than ``detect_anomaly``). Default: ``"sampled"`` with activations
+            on, ``"off"`` without.
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -704,4 +746,5 @@ def watch(
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
                    clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike,
                    histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
-                   figure_every_n_steps=figure_every_n_steps)
+                   figure_every_n_steps=figure_every_n_steps, activations=activations,
+                   activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin)
