@@ -4,7 +4,6 @@ The models and their synthetic data live in tests/zoo.py; each trains for a few 
 """
 
 import pytest
-import torch
 
 import gradwatch
 from gradwatch import MemorySink

@@ -218,3 +218,24 @@ def test_histogram_and_figure_steps_make_no_host_sync_on_cuda():
                 torch.cuda.set_sync_debug_mode("default")
     assert len(sink.histograms["gradwatch/grad_hist/0"]) == 5
     assert len(sink.images["gradwatch/flow"]) == 5
+
+
+def test_histograms_and_activation_values_share_the_packed_vector_without_mixing_up():
+    """Both ride at the end of the step's one vector: each must read back its own slice."""
+    import gradwatch
+    from gradwatch import MemorySink
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 1))
+    sink = MemorySink()
+    with gradwatch.watch(model, sinks=[sink], histogram_every_n_steps=1, activations=True) as watcher:
+        x = torch.randn(16, 3)
+        hidden = torch.sigmoid(model[0](x))
+        model(x).sum().backward()
+        watcher.step()
+    (step, h), *_ = sink.histograms["gradwatch/grad_hist/0"]
+    grads = torch.cat([p.grad.flatten() for p in model[0].parameters()]).double()
+    assert h.num == grads.numel() and h.counts.sum() == grads.numel()
+    assert max(-h.min, h.max) == pytest.approx(float(grads.abs().max()), rel=1e-6)  # buckets span ±max|g|
+    assert h.sum == pytest.approx(float(grads.sum()), rel=1e-5, abs=1e-9)
+    assert sink.series("gradwatch/act_mean/1")[0][1] == pytest.approx(float(hidden.mean()), rel=1e-5)

@@ -487,3 +487,30 @@ def test_rnn_clipping_example_keeps_the_weights_finite(tmp_path: Any) -> None:
     finally:
         torch.set_num_threads(threads)
     assert glob.glob(os.path.join(tmp_path, "clipped", "version_0", "events.out.tfevents.*"))
+
+
+def test_activation_hooks_through_the_callback(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning_fit import fit_tiny
+
+    from gradwatch import MemorySink
+
+    sink = MemorySink()
+    trainer = fit_tiny(pl, tmp_path, steps=4, log_every_n_steps=2, name="tb", sinks=[sink], activations=True)
+    assert [s for s, _ in sink.series("gradwatch/act_mean/net.1")] == [0, 2]  # the Tanh, on logging steps
+    assert all(-1.0 <= v <= 1.0 for _, v in sink.series("gradwatch/act_mean/net.1"))
+    assert sink.series("gradwatch/grad_out_norm/net.0")
+    module = trainer.lightning_module
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())  # removed at teardown
+
+
+def test_callback_rejects_bad_hook_options():
+    from gradwatch import ConfigurationError
+    from gradwatch.lightning import GradWatchCallback
+
+    with pytest.raises(ConfigurationError, match="nan_origin='always'"):
+        GradWatchCallback(nan_origin="always")
+    with pytest.raises(ConfigurationError, match="activation_every_n_steps=0"):
+        GradWatchCallback(activations=True, activation_every_n_steps=0)
+    with pytest.raises(ConfigurationError, match="activations=3"):
+        GradWatchCallback(activations=3)

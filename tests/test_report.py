@@ -182,29 +182,9 @@ def test_help_has_examples(capsys):
 
 def test_lightning_logs_are_reported(tmp_path, capsys):
     pl = pytest.importorskip("lightning.pytorch")
-    from torch.utils.data import DataLoader, TensorDataset
+    from lightning_fit import fit_tiny
 
-    from gradwatch.lightning import GradWatchCallback
-
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(24, 4), torch.randn(24, 1)), batch_size=4)
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=6, enable_progress_bar=False, log_every_n_steps=2,
-                         enable_checkpointing=False, enable_model_summary=False,
-                         logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
-                         callbacks=[GradWatchCallback(summary=False)])
-    trainer.fit(Tiny(), loader)
+    fit_tiny(pl, tmp_path, steps=6, log_every_n_steps=2, name="tb")
     code, data = _json(capsys, ["report", str(tmp_path), "--json"])
     assert code == 0
     (run,) = [r for r in data["runs"] if r["gradwatch"]]

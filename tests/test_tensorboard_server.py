@@ -45,29 +45,10 @@ def _write_logs(root) -> gradwatch.MemorySink:
             w.step(loss=loss)
             opt.step()
     pl = pytest.importorskip("lightning.pytorch")
-    from torch.utils.data import DataLoader, TensorDataset
+    from lightning_fit import fit_tiny
 
-    from gradwatch.lightning import GradWatchCallback
-
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    loader = DataLoader(TensorDataset(torch.randn(24, 4), torch.randn(24, 1)), batch_size=4)
-    trainer = pl.Trainer(default_root_dir=root, max_steps=STEPS, enable_progress_bar=False, log_every_n_steps=1,
-                         enable_checkpointing=False, enable_model_summary=False,
-                         logger=pl.loggers.TensorBoardLogger(str(root), name="lightning", version=0),
-                         callbacks=[GradWatchCallback(summary=False, histogram_every_n_steps=2,
-                                                      figure_every_n_steps=3)])
-    trainer.fit(Tiny(), loader)
+    fit_tiny(pl, root, steps=STEPS, log_every_n_steps=1, name="lightning", version=0, histogram_every_n_steps=2,
+             figure_every_n_steps=3)
     return sink
 
 

@@ -1,12 +1,13 @@
 """gradwatch: per-layer gradient diagnostics for PyTorch training, nearly free.
 
->>> import torch, gradwatch
->>> model = torch.nn.Linear(3, 1)
->>> model(torch.ones(2, 3)).sum().backward()
->>> with gradwatch.watch(model) as watcher:
-...     report = watcher.step()
->>> round(report.layers["__root__"].grad_norm, 3)
-4.0
+Examples:
+    >>> import torch, gradwatch
+    >>> model = torch.nn.Linear(3, 1)
+    >>> model(torch.ones(2, 3)).sum().backward()
+    >>> with gradwatch.watch(model) as watcher:
+    ...     report = watcher.step()
+    >>> round(report.layers["__root__"].grad_norm, 3)
+    4.0
 """
 
 from __future__ import annotations

@@ -25,14 +25,15 @@ class LoggerSink:
     Args:
         logger: any Lightning ``Logger`` (``CSVLogger``, ``MLFlowLogger``, ``WandbLogger``...).
 
-    >>> class Recorder:
-    ...     def __init__(self): self.calls = []
-    ...     def log_metrics(self, metrics, step): self.calls.append((step, dict(metrics)))
-    ...     def save(self): pass
-    >>> sink = LoggerSink(Recorder())
-    >>> sink.write_scalars(3, {"gradwatch/global/grad_norm": 2.0})
-    >>> sink.logger.calls
-    [(3, {'gradwatch/global/grad_norm': 2.0})]
+    Examples:
+        >>> class Recorder:
+        ...     def __init__(self): self.calls = []
+        ...     def log_metrics(self, metrics, step): self.calls.append((step, dict(metrics)))
+        ...     def save(self): pass
+        >>> sink = LoggerSink(Recorder())
+        >>> sink.write_scalars(3, {"gradwatch/global/grad_norm": 2.0})
+        >>> sink.logger.calls
+        [(3, {'gradwatch/global/grad_norm': 2.0})]
     """
 
     def __init__(self, logger: Any) -> None:

@@ -5,6 +5,13 @@ per-tensor norms and the global norm already computed) and rescales the gradient
 value on the host: a coefficient is applied with ``clamp`` rather than ``if coef < 1`` (an ``if`` on a device value is
 a host sync). A clipper may keep state (a running statistic, say); that state round-trips through ``state_dict``.
 
+The clippers (docs/clipping.md, "Choosing a clipping rule", compares them):
+
+* :class:`NormClip`, :class:`ValueClip`: ``clip_grad_norm_`` and ``clip_grad_value_``;
+* :class:`ZScoreClip` (ZClip) and :class:`PercentileClip` (AutoClip): a global norm bound that follows the norm's
+  history;
+* :class:`AGC` (NFNets' adaptive gradient clipping, per unit) and :class:`LayerNormClip` (per layer).
+
 >>> import torch
 >>> from torch import nn
 >>> import gradwatch
@@ -20,58 +27,28 @@ a host sync). A clipper may keep state (a running statistic, say); that state ro
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._clip_adaptive import PercentileClip, ZScoreClip
+from ._clip_base import ClipResult, Clipper
+from ._clip_unitwise import AGC, LayerNormClip
 from ._validate import check_number
 from .errors import ConfigurationError
 from .stats import GradBatch
 
-__all__ = ["ClipResult", "Clipper", "NormClip", "ValueClip", "as_clipper"]
-
-
-@dataclass
-class ClipResult:
-    """What a clipper did this step; device tensors or Python numbers, read on the host only when logged.
-
-    Attributes:
-        clipped_norm: global L2 norm after clipping, or ``None`` to have the watcher measure it.
-        threshold: the threshold used this step (a norm or a value), if the rule has one.
-        coef: the scale applied (1.0 when nothing was clipped), for rules with one global coefficient.
-    """
-
-    clipped_norm: Tensor | None = None
-    threshold: Tensor | float | None = None
-    coef: Tensor | float | None = None
-
-
-class Clipper(ABC):
-    """Base class of gradwatch's clippers.
-
-    Subclasses implement :meth:`clip`. Those that keep state override :meth:`state_dict` and
-    :meth:`load_state_dict`, keeping it as tensors on the gradients' device so that no step needs a host sync.
-    """
-
-    @abstractmethod
-    def clip(self, batch: GradBatch) -> ClipResult:
-        """Rescale ``batch``'s gradients in place and say what was done."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """The clipper's state, for checkpoints (empty for stateless clippers)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if state:
-            raise ConfigurationError(f"{type(self).__name__} keeps no state, but load_state_dict got keys {sorted(state)}.")
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
+__all__ = [
+    "AGC",
+    "ClipResult",
+    "Clipper",
+    "LayerNormClip",
+    "NormClip",
+    "PercentileClip",
+    "ValueClip",
+    "ZScoreClip",
+    "as_clipper",
+]
 
 
 class NormClip(Clipper):
@@ -101,7 +78,7 @@ class NormClip(Clipper):
         for g in batch.groups:
             torch._foreach_mul_(g.grads, coef.to(g.device, non_blocking=True))
         clipped = batch.total_norm * coef.to(batch.total_norm.dtype) if self.norm_type == 2.0 else None
-        return ClipResult(clipped_norm=clipped, threshold=self.max_norm, coef=coef)
+        return ClipResult(clipped_norm=clipped, threshold=self.max_norm, coef=coef, clipped=coef < 1.0)
 
 
 class ValueClip(Clipper):

@@ -95,12 +95,13 @@ def build_layout(tags: Sequence[str] = ()) -> Any:
     layer's gradient norm on one chart, every layer's max |grad|, and the symptom counts by kind. Then the loss,
     clipping, parameter-norm, activation and AMP charts whose tags are present.
 
-    >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
-    >>> category = layout.category[0]
-    >>> category.title, [chart.title for chart in category.chart][:2]
-    ('gradwatch', ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer'])
-    >>> list(category.chart[1].multiline.tag)
-    ['gradwatch/grad_norm/']
+    Examples:
+        >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
+        >>> category = layout.category[0]
+        >>> category.title, [chart.title for chart in category.chart][:2]
+        ('gradwatch', ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer'])
+        >>> list(category.chart[1].multiline.tag)
+        ['gradwatch/grad_norm/']
     """
     from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -134,9 +135,10 @@ def layout_summary(layout: Any) -> Any:
 def layers_markdown(layers: Sequence[LayerInfo]) -> str:
     """The watched layers as a markdown table (readable in TensorBoard's text tab, parsed back by the report).
 
-    >>> text = layers_markdown([LayerInfo("fc", "Linear", 12)])
-    >>> parse_layers_markdown(text)
-    [LayerInfo(name='fc', kind='Linear', numel=12)]
+    Examples:
+        >>> text = layers_markdown([LayerInfo("fc", "Linear", 12)])
+        >>> parse_layers_markdown(text)
+        [LayerInfo(name='fc', kind='Linear', numel=12)]
     """
     lines = ["| depth | layer | type | parameters |", "|---:|---|---|---:|"]
     lines += [f"| {i} | `{layer.name}` | {layer.kind} | {layer.numel} |" for i, layer in enumerate(layers)]
@@ -169,11 +171,12 @@ class DashboardLogger:
     Raises:
         ConfigurationError: for an invalid value, or a figure asked for without matplotlib installed.
 
-    >>> from torch import nn
-    >>> from gradwatch.layers import discover_layers
-    >>> logger = DashboardLogger(discover_layers(nn.Linear(2, 1)), histogram_every_n_steps=10)
-    >>> logger.histogram_step(20), logger.histogram_step(5)
-    (True, False)
+    Examples:
+        >>> from torch import nn
+        >>> from gradwatch.layers import discover_layers
+        >>> logger = DashboardLogger(discover_layers(nn.Linear(2, 1)), histogram_every_n_steps=10)
+        >>> logger.histogram_step(20), logger.histogram_step(5)
+        (True, False)
     """
 
     def __init__(

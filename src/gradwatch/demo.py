@@ -34,8 +34,9 @@ class ResidualSigmoid(nn.Module):
 class XorNet(nn.Module):
     """Input layer, ``depth`` hidden sigmoid layers of ``width`` units, sigmoid output.
 
-    >>> [name for name, _ in XorNet(depth=2).named_children()]
-    ['input', 'hidden', 'out', 'act']
+    Examples:
+        >>> [name for name, _ in XorNet(depth=2).named_children()]
+        ['input', 'hidden', 'out', 'act']
     """
 
     def __init__(self, *, residual: bool = False, depth: int = 10, width: int = 4) -> None:

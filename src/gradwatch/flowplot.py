@@ -66,9 +66,10 @@ def flow_figure_png(
     Raises:
         MissingExtraError: without matplotlib.
 
-    >>> png = flow_figure_png(["in", "out"], [1e-3, 0.5], [1e-2, 2.0], flagged={"in": "vanishing"}, step=3)
-    >>> png[:4] == b"\\x89PNG"
-    True
+    Examples:
+        >>> png = flow_figure_png(["in", "out"], [1e-3, 0.5], [1e-2, 2.0], flagged={"in": "vanishing"}, step=3)
+        >>> png[:4] == b"\\x89PNG"
+        True
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -123,8 +124,9 @@ def flow_figure_png(
 def png_size(png: bytes) -> tuple[int, int]:
     """``(height, width)`` read from a PNG's header.
 
-    >>> png_size(flow_figure_png(["a"], [1.0], [1.0], dpi=10))[0] > 0
-    True
+    Examples:
+        >>> png_size(flow_figure_png(["a"], [1.0], [1.0], dpi=10))[0] > 0
+        True
     """
     return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")
 

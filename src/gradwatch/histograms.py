@@ -36,9 +36,10 @@ class Histogram:
         min: left edge of the first bucket; max: right edge of the last bucket.
         num: number of values; sum, sum_squares: their sum and sum of squares.
 
-    >>> h = unpack_histograms(np.array([2.0, 1.0, 5.0, 3.0, 1.0, 0.0, 0.0, 2.0]), ["fc"], bins=4)["fc"]
-    >>> h.limits.tolist(), h.counts.tolist(), h.min, h.max
-    ([-1.0, 0.0, 1.0, 2.0], [1.0, 0.0, 0.0, 2.0], -2.0, 2.0)
+    Examples:
+        >>> h = unpack_histograms(np.array([2.0, 1.0, 5.0, 3.0, 1.0, 0.0, 0.0, 2.0]), ["fc"], bins=4)["fc"]
+        >>> h.limits.tolist(), h.counts.tolist(), h.min, h.max
+        ([-1.0, 0.0, 1.0, 2.0], [1.0, 0.0, 0.0, 2.0], -2.0, 2.0)
     """
 
     limits: np.ndarray
@@ -62,9 +63,10 @@ def device_histograms(per_layer: Sequence[Sequence[Tensor]], *, home: torch.devi
         A flat float tensor on ``home`` of ``len(per_layer) * (bins + 4)`` values: per layer ``[m, sum, sum of
         squares, count, counts of each bin...]``. Read it with :func:`unpack_histograms`.
 
-    >>> packed = device_histograms([[torch.tensor([-2.0, 2.0, 1.5])]], home=torch.device("cpu"), bins=4)
-    >>> [round(v, 4) for v in packed.tolist()]
-    [2.0, 1.5, 10.25, 3.0, 1.0, 0.0, 0.0, 2.0]
+    Examples:
+        >>> packed = device_histograms([[torch.tensor([-2.0, 2.0, 1.5])]], home=torch.device("cpu"), bins=4)
+        >>> [round(v, 4) for v in packed.tolist()]
+        [2.0, 1.5, 10.25, 3.0, 1.0, 0.0, 0.0, 2.0]
     """
     acc = accumulate_dtype(home)
     n = len(per_layer)

@@ -32,10 +32,11 @@ class SymptomSummary:
 class SymptomHistory:
     """Accumulates symptoms as they come; memory grows with distinct (kind, layer) pairs, not with steps.
 
-    >>> h = SymptomHistory()
-    >>> h.extend([Symptom("vanishing", "fc", 3, 1e-9, 1e-7, "warning", "...")])
-    >>> h.summaries()[0].first_step
-    3
+    Examples:
+        >>> h = SymptomHistory()
+        >>> h.extend([Symptom("vanishing", "fc", 3, 1e-9, 1e-7, "warning", "...")])
+        >>> h.summaries()[0].first_step
+        3
     """
 
     def __init__(self) -> None:

@@ -57,8 +57,9 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
     Raises:
         ConfigurationError: when a pattern matches no layer, or the model has no parameter at all.
 
-    >>> [layer.name for layer in discover_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
-    ['0', '2']
+    Examples:
+        >>> [layer.name for layer in discover_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
+        ['0', '2']
     """
     model = unwrap_model(model)
     seen: set[int] = set()

@@ -26,9 +26,10 @@ from ._validate import check_choice, check_int
 from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError
+from .hooks import NanOrigin, resolve_nan_origin
 from .sinks import Sink
 from .thresholds import Thresholds
-from .watcher import GradWatchWarning, NonFiniteAction, Watcher
+from .watcher import GradWatchWarning, NonFiniteAction, SpikeAction, Watcher
 
 __all__ = ["GradWatchCallback", "LoggerSink", "OnNonFinite"]
 
@@ -79,8 +80,17 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         amp_overflow_patience: under ``precision="16-mixed"``, this many consecutive GradScaler overflows are reported
             as ``nonfinite`` symptoms; fewer are recorded as ``amp_overflow`` events only.
         summary: print the symptom summary at the end of ``fit`` (global rank zero).
-        histogram_every_n_steps, histograms, figure_every_n_steps: per-layer histograms and the gradient-flow figure,
-            as in :func:`gradwatch.watch` (written through a ``TensorBoardLogger``; off by default).
+        on_spike: ``"warn"``, ``"skip"`` (a gradient-norm or loss spike's optimizer step changes nothing; decided
+            identically on every rank) or ``"ignore"``, as in :func:`gradwatch.watch`. The loss is the training
+            step's.
+        histogram_every_n_steps: per-layer histograms every this many steps, as in :func:`gradwatch.watch` (written
+            through a ``TensorBoardLogger``; off by default).
+        histograms: what to histogram: ``"grad"`` and/or ``"param"``, as in :func:`gradwatch.watch`.
+        figure_every_n_steps: the gradient-flow figure every this many steps, as in :func:`gradwatch.watch`.
+        activations: forward/backward hooks for activation statistics, the gradient flowing out of each module and the
+            ``saturated``/``dead`` symptoms, as in :func:`gradwatch.watch` (docs/activations.md).
+        activation_every_n_steps: sample activations every this many steps (default: the logging interval).
+        nan_origin: ``"off"``, ``"sampled"`` or ``"every_step"``: find the module where a NaN/Inf first appeared.
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
@@ -105,9 +115,13 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         progress_bar: bool = False,
         amp_overflow_patience: int = 20,
         summary: bool = True,
+        on_spike: SpikeAction = "warn",
         histogram_every_n_steps: int | None = None,
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
+        activations: bool | str | Sequence[str] = False,
+        activation_every_n_steps: int | None = None,
+        nan_origin: NanOrigin | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, minimum=1)
@@ -128,9 +142,18 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self.progress_bar = progress_bar
         self.amp_overflow_patience = check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
         self.summary = summary
+        self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
         self._dashboard = {"histogram_every_n_steps": histogram_every_n_steps, "histograms": histograms,
                            "figure_every_n_steps": figure_every_n_steps}
         DashboardLogger((), **self._dashboard)  # type: ignore[arg-type]  # validates now, not at fit time
+        if not (isinstance(activations, (bool, str)) or
+                (isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))):
+            raise ConfigurationError(f"activations={activations!r} must be True/False, a glob over module names, or a "
+                                     "sequence of globs.")
+        if activation_every_n_steps is not None:
+            check_int("activation_every_n_steps", activation_every_n_steps, minimum=1)
+        self._hooks = {"activations": activations, "activation_every_n_steps": activation_every_n_steps,
+                       "nan_origin": resolve_nan_origin(nan_origin, activations)}
         self.watcher: Watcher | None = None
         self._pending_state: dict[str, Any] | None = None
         self._loss: Tensor | None = None
@@ -170,7 +193,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         self.watcher = Watcher(
             pl_module, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
             thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
-            layers=self.layers, sinks=sinks, **self._dashboard)
+            layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard, **self._hooks)
         self.watcher.amp_overflow_patience = self.amp_overflow_patience
         self._active = True
         if self._pending_state is not None:
@@ -201,7 +224,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             if not self._rank_zero:  # one warning per run, not one per rank
                 warnings.simplefilter("ignore", GradWatchWarning)
             report = watcher.step(global_step=trainer.global_step, loss=loss, loss_scale=scale, reduce_flag=reduce)
-        if self.on_nonfinite == "stop" and report.skipped:  # report.skipped is agreed across ranks
+        if self.on_nonfinite == "stop" and report.skip_reason == "nonfinite":  # agreed across ranks
             trainer.should_stop = True
             if self._rank_zero:
                 print(f"gradwatch: non-finite gradients at step {report.step}: the step was skipped and training "

@@ -91,8 +91,9 @@ _ALERT = re.compile(r"^- \*\*(?P<kind>[^*]+)\*\* \((?P<severity>[^)]*)\) at (?:`
 def parse_alerts(text: str) -> list[Alert]:
     """The alerts of one ``gradwatch/alerts`` text (the lines :func:`gradwatch.sinks.alerts_markdown` writes).
 
-    >>> parse_alerts("- **vanishing** (warning) at `hidden.0`, step 12: Vanishing gradients.")
-    [Alert(kind='vanishing', severity='warning', layer='hidden.0', step=12, message='Vanishing gradients.')]
+    Examples:
+        >>> parse_alerts("- **vanishing** (warning) at `hidden.0`, step 12: Vanishing gradients.")
+        [Alert(kind='vanishing', severity='warning', layer='hidden.0', step=12, message='Vanishing gradients.')]
     """
     out = []
     for line in text.splitlines():
@@ -198,9 +199,10 @@ def diagnose(run: RunData) -> dict[str, Any]:
     vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, trend, non-finite count),
     ``clipping``, ``advice`` (per kind), ``notes``.
 
-    >>> run = RunData("r", "/tmp/r", scalars={"gradwatch/global/grad_norm": {0: 4.0, 10: 1.0}})
-    >>> diagnose(run)["global_norm"]["trend"]
-    'falling'
+    Examples:
+        >>> run = RunData("r", "/tmp/r", scalars={"gradwatch/global/grad_norm": {0: 4.0, 10: 1.0}})
+        >>> diagnose(run)["global_norm"]["trend"]
+        'falling'
     """
     order = {name: i for i, name in enumerate(run.layer_names())}
     kinds: dict[str, dict[str, Any]] = {}
@@ -296,8 +298,9 @@ def _finite_json(d: dict[str, Any]) -> dict[str, Any]:
 def should_fail(reports: Iterable[Mapping[str, Any]], kinds: Sequence[str]) -> list[str]:
     """The ``run: kind`` pairs that ``--fail-on kinds`` fails on (``"any"`` matches every kind).
 
-    >>> should_fail([{"name": "a", "symptoms": {"nonfinite": {"steps": 2}, "vanishing": {"steps": 0}}}], ["nonfinite"])
-    ['a: nonfinite']
+    Examples:
+        >>> should_fail([{"name": "a", "symptoms": {"nonfinite": {"steps": 2}, "vanishing": {"steps": 0}}}], ["nonfinite"])
+        ['a: nonfinite']
     """
     hits = []
     for r in reports:
@@ -396,9 +399,10 @@ def _verdict(r: Mapping[str, Any]) -> str:
 def format_text(reports: Sequence[Mapping[str, Any]]) -> str:
     """The report as plain text (the fallback without ``rich``).
 
-    >>> print(format_text([diagnose(RunData("r", "/tmp/r"))]))
-    run r (no steps, 0 logged)
-      no gradwatch tags in this run (was it written by gradwatch.watch or GradWatchCallback?)
+    Examples:
+        >>> print(format_text([diagnose(RunData("r", "/tmp/r"))]))
+        run r (no steps, 0 logged)
+          no gradwatch tags in this run (was it written by gradwatch.watch or GradWatchCallback?)
     """
     out = []
     for r in reports:

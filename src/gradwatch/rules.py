@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .advice import ModelTraits
+from .spikes import SpikeState, spike_symptoms
 from .symptoms import Symptom
 from .thresholds import Thresholds
 
@@ -52,6 +53,7 @@ class RuleState:
     observed: int = 0
     jump_streak: int = 0
     active: dict[tuple[str, str | None], int] = field(default_factory=dict)
+    spike: SpikeState = field(default_factory=SpikeState)
 
     def __post_init__(self) -> None:
         self.vanish_count = np.zeros(self.n_layers, dtype=np.int64)
@@ -65,6 +67,7 @@ class RuleState:
             "observed": self.observed,
             "jump_streak": self.jump_streak,
             "active": [[k, layer, since] for (k, layer), since in self.active.items()],
+            "spike": self.spike.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -74,6 +77,8 @@ class RuleState:
         self.observed = int(state["observed"])
         self.jump_streak = int(state["jump_streak"])
         self.active = {(k, layer): int(since) for k, layer, since in state["active"]}
+        if "spike" in state:  # absent from checkpoints written before the spike rule existed
+            self.spike.load_state_dict(state["spike"])
 
 
 def evaluate(
@@ -83,6 +88,8 @@ def evaluate(
     them that start a new episode (the ones worth an alert)."""
     symptoms = nonfinite_symptoms(stats, traits) + vanishing_symptoms(stats, th, state, traits)
     symptoms += exploding_symptoms(stats, th, state, traits)
+    spikes = spike_symptoms(stats.step, stats.global_norm, stats.extras.get("gradwatch/loss"), th, state.spike)
+    symptoms += [replace(s, since=state.active.get((s.kind, s.layer), s.step)) for s in spikes]
     now = {(s.kind, s.layer): (s.since if s.since is not None else s.step) for s in symptoms}
     onsets = [s for s in symptoms if (s.kind, s.layer) not in state.active]
     state.active = now

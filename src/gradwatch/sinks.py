@@ -44,10 +44,11 @@ class MemorySink:
         scalars: ``tag -> [(step, value), ...]``.
         alerts: every alerted symptom, in order.
 
-    >>> sink = MemorySink()
-    >>> sink.write_scalars(0, {"gradwatch/global/grad_norm": 1.5})
-    >>> sink.scalars["gradwatch/global/grad_norm"]
-    [(0, 1.5)]
+    Examples:
+        >>> sink = MemorySink()
+        >>> sink.write_scalars(0, {"gradwatch/global/grad_norm": 1.5})
+        >>> sink.scalars["gradwatch/global/grad_norm"]
+        [(0, 1.5)]
     """
 
     def __init__(self) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["LayerStats", "Severity", "Symptom", "SymptomKind"]
 
-SymptomKind = Literal["nonfinite", "vanishing", "exploding"]
+SymptomKind = Literal["nonfinite", "vanishing", "exploding", "spike", "saturated", "dead"]
 Severity = Literal["warning", "error"]
 
 
@@ -24,8 +24,9 @@ class LayerStats:
         nonfinite: ``"nan"`` if a gradient holds a NaN, else ``"inf"`` if one holds an Inf, else ``None``.
         numel: number of gradient entries that contributed (parameters with a gradient this step).
 
-    >>> LayerStats(grad_norm=2.0, grad_max=1.0, param_norm=None, nonfinite=None, numel=4).grad_rms
-    1.0
+    Examples:
+        >>> LayerStats(grad_norm=2.0, grad_max=1.0, param_norm=None, nonfinite=None, numel=4).grad_rms
+        1.0
     """
 
     grad_norm: float | None
@@ -51,7 +52,8 @@ class Symptom:
     """A problem gradwatch found.
 
     Attributes:
-        kind: ``"nonfinite"``, ``"vanishing"`` or ``"exploding"`` (later versions add kinds).
+        kind: ``"nonfinite"``, ``"vanishing"``, ``"exploding"``, ``"spike"``, ``"saturated"`` or ``"dead"``
+            (later versions add kinds).
         layer: the layer's qualified name, or ``None`` for a model-wide symptom.
         step: the step at which it was seen.
         value: the evidence (for example the layer's gradient RMS, or the global norm).
@@ -62,9 +64,10 @@ class Symptom:
         since: first step of the episode this symptom belongs to.
         origin: ``(module name, "forward" | "backward")`` where a non-finite value first appeared, when known.
 
-    >>> Symptom(kind="nonfinite", layer="fc", step=3, value=float("nan"), threshold=0.0, severity="error",
-    ...         message="NaN in 'fc'").kind
-    'nonfinite'
+    Examples:
+        >>> Symptom(kind="nonfinite", layer="fc", step=3, value=float("nan"), threshold=0.0, severity="error",
+        ...         message="NaN in 'fc'").kind
+        'nonfinite'
     """
 
     kind: str

@@ -25,9 +25,23 @@ class Thresholds:
         jump_warmup: steps observed before the jump rule may fire (the baseline must settle first).
         baseline_beta: smoothing of the running baseline (an exponential moving average of the global norm; steps
             flagged as jumps or non-finite do not update it).
+        spike_z: the ``spike`` rule fires when the global gradient norm (before clipping), or the loss passed to
+            ``watcher.step(loss=...)``, is this many standard deviations above its EMA mean (OLMo uses 6; ``inf``
+            disables the rule). See :mod:`gradwatch.spikes`.
+        spike_factor: ... and the gradient norm is also at least this many times its EMA mean (>= 1). Small models
+            with small batches have steep healthy swings (up to ~8x the EMA in tests/zoo.py runs), hence 10.
+        spike_loss_margin: ... and the loss is also above its EMA mean by at least this fraction of ``|mean|``.
+        spike_alpha: EMA weight of the past for the spike baselines, in ``[0, 1)`` (0.98: a memory of ~50 steps).
+        spike_warmup: steps whose mean and variance initialise the spike baselines; the rule is silent before.
+        saturated_frac: with ``activations=True``, a saturating activation (Sigmoid, Tanh, ...) with at least this
+            fraction of its outputs in the flat region is saturated (docs/activations.md).
+        dead_frac: with ``activations=True``, a ReLU-family activation with at least this fraction of its units at
+            zero for the whole batch has dead units.
+        activation_patience: sampled steps ``saturated`` or ``dead`` must hold before it is reported.
 
-    >>> Thresholds(vanishing_patience=5).vanishing_patience
-    5
+    Examples:
+        >>> Thresholds(vanishing_patience=5).vanishing_patience
+        5
     """
 
     vanishing_rms: float = 1e-8
@@ -37,6 +51,14 @@ class Thresholds:
     jump_factor: float = 50.0
     jump_warmup: int = 10
     baseline_beta: float = 0.9
+    spike_z: float = 6.0
+    spike_factor: float = 10.0
+    spike_loss_margin: float = 0.25
+    spike_alpha: float = 0.98
+    spike_warmup: int = 25
+    saturated_frac: float = 0.5
+    dead_frac: float = 0.5
+    activation_patience: int = 5
 
     def __post_init__(self) -> None:
         check_number("Thresholds.vanishing_rms", self.vanishing_rms, nonnegative=True)
@@ -49,7 +71,19 @@ class Thresholds:
 
             raise ConfigurationError(f"Thresholds.jump_factor={self.jump_factor!r} must be > 1 (use inf to disable).")
         check_int("Thresholds.jump_warmup", self.jump_warmup, minimum=0)
+        check_number("Thresholds.saturated_frac", self.saturated_frac, positive=True, at_most=1.0)
+        check_number("Thresholds.dead_frac", self.dead_frac, positive=True, at_most=1.0)
+        check_int("Thresholds.activation_patience", self.activation_patience, minimum=1)
         check_number("Thresholds.baseline_beta", self.baseline_beta, nonnegative=True, below=1.0)
+        check_number("Thresholds.spike_z", self.spike_z, positive=True, allow_inf=True)
+        check_number("Thresholds.spike_factor", self.spike_factor, positive=True, allow_inf=True)
+        if self.spike_factor < 1:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"Thresholds.spike_factor={self.spike_factor!r} must be >= 1 (use inf to disable).")
+        check_number("Thresholds.spike_loss_margin", self.spike_loss_margin, nonnegative=True, allow_inf=True)
+        check_number("Thresholds.spike_alpha", self.spike_alpha, nonnegative=True, below=1.0)
+        check_int("Thresholds.spike_warmup", self.spike_warmup, minimum=1)
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -3,8 +3,8 @@
 Per step it reduces the gradients on the device (:mod:`gradwatch.stats`), clips them (:mod:`gradwatch.clipping`),
 and queues one packed vector of results. The vector reaches the host once per logged step (one transfer, non-blocking
 into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch.rules`) and written to the sinks. A step
-needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``) or when the caller
-reads a value of the step's report.
+needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``,
+``on_spike="skip"``) or when the caller reads a value of the step's report.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
+from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
 from .layers import Layer, discover_layers, unwrap_model
 from .rules import HostStats, RuleState, evaluate
 from .sinks import Sink, TensorBoardSink
@@ -37,12 +38,13 @@ from .stats import StatsEngine
 from .symptoms import LayerStats, Symptom
 from .thresholds import Thresholds
 
-__all__ = ["GradWatchWarning", "NonFiniteAction", "StepReport", "Watcher", "watch"]
+__all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
 
 logger = logging.getLogger("gradwatch")
 
 NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
-SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding")
+SpikeAction = Literal["warn", "skip", "ignore"]
+SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
 
 
 class GradWatchWarning(UserWarning):
@@ -61,11 +63,13 @@ class _Record:
     extra_tags: list[str]
     extra_values: dict[str, float]
     skipped: bool = False
+    skip_reason: str | None = None  # "nonfinite" or "spike"
     sent: bool = False
     host_vec: np.ndarray | None = None
     stats: HostStats | None = None
     symptoms: list[Symptom] = field(default_factory=list)
     layer_stats: dict[str, LayerStats] | None = None
+    probe: Any = None  # the activation probe's token for this step's values (the packed vector's tail)
     amp: bool = False  # the gradients were unscaled by a dynamic loss scaler (fp16 AMP)
     amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
     amp_streak: int = 0  # consecutive overflow steps up to this one
@@ -85,7 +89,7 @@ class StepReport:
 
     Attributes:
         step: the step number (0-based count of ``watcher.step()`` calls).
-        skipped: ``True`` when ``on_nonfinite="skip"`` dropped this step's gradients.
+        skipped: ``True`` when ``on_nonfinite="skip"`` or ``on_spike="skip"`` dropped this step's gradients.
         logged: whether this was a logging step (``every_n_steps``).
     """
 
@@ -106,6 +110,11 @@ class StepReport:
     @property
     def logged(self) -> bool:
         return self._record.logged
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the step was skipped: ``"nonfinite"`` (``on_nonfinite``), ``"spike"`` (``on_spike``), or ``None``."""
+        return self._record.skip_reason
 
     def _host(self) -> _Record:
         if self._record.stats is None:
@@ -134,6 +143,12 @@ class StepReport:
     def symptoms(self) -> list[Symptom]:
         """Every symptom holding at this step."""
         return list(self._host().symptoms)
+
+    @property
+    def clipped(self) -> bool | None:
+        """Whether the clipper changed any gradient this step; ``None`` without a clipper (or one that cannot tell)."""
+        value = self._host().extra_values.get("gradwatch/clip/clipped")
+        return None if value is None else bool(value)
 
     @property
     def extras(self) -> Mapping[str, float]:
@@ -182,9 +197,13 @@ class Watcher:
         on_nonfinite: NonFiniteAction = "warn",
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
+        on_spike: SpikeAction = "warn",
         histogram_every_n_steps: int | None = None,
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
+        activations: bool | str | Sequence[str] = False,
+        activation_every_n_steps: int | None = None,
+        nan_origin: NanOrigin | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -203,6 +222,7 @@ class Watcher:
         self.clipper = as_clipper(clip)
         self.on_nonfinite: NonFiniteAction = check_choice(  # type: ignore[assignment]
             "on_nonfinite", on_nonfinite, get_args(NonFiniteAction))
+        self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
         sinks = list(sinks)
         for s in sinks:
             if not isinstance(s, Sink):
@@ -217,6 +237,9 @@ class Watcher:
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
         self.history = SymptomHistory()
+        probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
+                                every_n_steps=self.every_n_steps if activation_every_n_steps is None
+                                else activation_every_n_steps, thresholds=thresholds)
         if log_dir is not None or writer is not None:
             sinks.insert(0, TensorBoardSink(log_dir=log_dir, writer=writer))
         self.sinks: list[Sink] = sinks
@@ -225,6 +248,10 @@ class Watcher:
         self._transfers: list[_Transfer] = []
         self._closed = False
         self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+        self._probe = probe if probe.enabled else None  # hooks for activations and the NaN origin (hooks.py)
+        if self._probe is not None:
+            self.add_cleanup(self._probe)
+            self._probe.prepare(self._step)
         #: Consecutive fp16 loss-scaler overflows after which they are reported as ``nonfinite`` (see ``loss_scale``).
         self.amp_overflow_patience = 20
         self._amp_streak = 0
@@ -270,7 +297,8 @@ class Watcher:
                 overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
                 symptoms (and ``on_nonfinite`` acts).
             reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
-                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
+                other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` (and ``on_spike="skip"``)
+                decide the same everywhere.
                 Called on every step where a decision is taken, on every process.
 
         Returns:
@@ -316,7 +344,9 @@ class Watcher:
         if self.clipper is not None and not bad:
             result = self.clipper.clip(dev.batch)
             clipped = result.clipped_norm if result.clipped_norm is not None else dev.batch.recompute_total_norm()
-            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef)):
+            for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef),
+                               ("gradwatch/clip/active_frac", result.active_frac),
+                               ("gradwatch/clip/clipped", result.clipped)):
                 if isinstance(value, Tensor):
                     record.extra_tags.append(tag)
                     extras.append(value.detach().reshape(1).to(dev.total_norm.device, dev.total_norm.dtype))
@@ -337,9 +367,15 @@ class Watcher:
         if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
             parts.append(tail)
             record.tail_len = tail.numel()
+        if self._probe is not None:  # the hooks' values travel at the end of the same vector
+            probe_values, record.probe = self._probe.collect(step, dev.total_norm.device, dev.total_norm.dtype)
+            if probe_values is not None:
+                parts.append(probe_values)
         record.packed = torch.cat(parts)
         self._pending.append(record)
         self._step += 1
+        if self._probe is not None:
+            self._probe.prepare(self._step)
         report = StepReport(record, self._resolve)
         if bad:
             self._resolve(record)
@@ -347,15 +383,27 @@ class Watcher:
                 self.flush()
                 layers = {s.layer: ("nan" if s.value != s.value else "inf") for s in record.symptoms
                           if s.kind == "nonfinite" and s.layer is not None}
+                origin = next((s.origin for s in record.symptoms if s.origin is not None), None)
                 raise NonFiniteGradientError(
                     f"Non-finite gradients at step {step} in {len(layers)} layer(s): "
                     + ", ".join(f"{k} ({v})" for k, v in layers.items())
+                    + (f". First non-finite value: module '{origin[0]}', {origin[1]} pass" if origin else "")
                     + ". The logs were flushed. Use on_nonfinite='skip' to drop such steps, or 'warn' to go on.",
                     step=step, layers=layers)
             self._skip()
-            record.skipped = True
+            record.skipped, record.skip_reason = True, "nonfinite"
         elif logged or record.packed.device.type == "cpu":
             self._send()
+        if self.on_spike == "skip" and not bad:
+            # Intended host sync (only with on_spike="skip"): whether this step is a spike must be known before
+            # optimizer.step().
+            self._resolve(record)
+            spike = any(s.kind == "spike" for s in record.symptoms)
+            if reduce_flag is not None:  # the loss differs between processes: one decision for all of them
+                spike = bool(reduce_flag(dev.total_norm.new_tensor(float(spike))) > 0)
+            if spike:
+                self._skip()
+                record.skipped, record.skip_reason = True, "spike"
         return report
 
     def flush(self) -> None:
@@ -393,6 +441,7 @@ class Watcher:
             "layers": list(self.layer_names),
             "rules": self._rules.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
+            **({"activations": self._probe.state_dict()} if self._probe is not None else {}),
             "amp": {"streak": self._amp_streak, "overflows": self._amp_overflows},
         }
 
@@ -409,6 +458,9 @@ class Watcher:
         self._rules.load_state_dict(state["rules"])
         if self.clipper is not None:
             self.clipper.load_state_dict(dict(state["clipper"]))
+        if self._probe is not None and "activations" in state:
+            self._probe.load_state_dict(state["activations"])
+            self._probe.prepare(self._step)
         amp = state.get("amp", {})
         self._amp_streak = int(amp.get("streak", 0))
         self._amp_overflows = int(amp.get("overflows", 0))
@@ -517,17 +569,22 @@ class Watcher:
             if persistent:
                 symptoms = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in symptoms]
                 onsets = [_amp_persistent(s, r) if s.kind == "nonfinite" else s for s in onsets]
+        probe_scalars: dict[str, float] = {}
+        if r.probe is not None and self._probe is not None:
+            symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
+                                                                  stats)
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
             scalars.update(_scalars(stats, self._tags))
             scalars.update(r.extra_values)
+        scalars.update(probe_scalars)
         if r.amp and (r.logged or r.amp_overflow):
             scalars["gradwatch/amp/scale"] = r.extra_values["gradwatch/amp/scale"]
             scalars["gradwatch/amp/overflows"] = float(r.amp_overflows)
         if r.logged or symptoms:
-            counts = dict.fromkeys(SYMPTOM_KINDS, 0.0)
+            counts = dict.fromkeys(SYMPTOM_KINDS + (self._probe.kinds if self._probe is not None else ()), 0.0)
             for s in symptoms:
                 counts[s.kind] = counts.get(s.kind, 0.0) + 1
             scalars.update({f"gradwatch/symptoms/{k}": c for k, c in counts.items()})
@@ -537,12 +594,17 @@ class Watcher:
             self._safe(sink, "write_scalars", r.step, scalars)
             if alerts:
                 self._safe(sink, "write_alerts", r.step, alerts)
-        tail = v[len(v) - r.tail_len:] if r.tail_len else None
+        end = len(v) - (r.probe.size if r.probe is not None else 0)  # the probe's values come last, histograms before
+        tail = v[end - r.tail_len:end] if r.tail_len else None
         self._dashboard.host_part(r.step, tail, stats, symptoms, scalars, list(self.sinks), self._safe)
         self._announce(r.step, symptoms, onsets)
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
         nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
+        spikes = [s for s in symptoms if s.kind == "spike"] if self.on_spike != "ignore" else []
+        for s in spikes:
+            action = " The step was skipped." if self.on_spike == "skip" else ""
+            warnings.warn(f"gradwatch: {s.message}{action}", GradWatchWarning, stacklevel=4)
         if nonfinite and self.on_nonfinite in ("warn", "skip"):
             what = ", ".join(f"{s.layer} ({'NaN' if s.value != s.value else 'Inf'})" for s in nonfinite)
             action = " The step was skipped." if self.on_nonfinite == "skip" else ""
@@ -550,7 +612,7 @@ class Watcher:
                           f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=4)
         by_kind: dict[str, list[Symptom]] = {}
         for s in onsets:
-            if s.kind != "nonfinite":  # non-finite steps were warned about above, every one of them
+            if s.kind != "nonfinite" and not (s.kind == "spike" and spikes):  # warned about above, every one of them
                 by_kind.setdefault(s.kind, []).append(s)
         for kind, group in by_kind.items():
             if len(group) == 1:
@@ -635,9 +697,13 @@ def watch(
     on_nonfinite: NonFiniteAction = "warn",
     layers: str | Sequence[str] | None = None,
     sinks: Sequence[Sink] = (),
+    on_spike: SpikeAction = "warn",
     histogram_every_n_steps: int | None = None,
     histograms: Sequence[HistogramOf] = ("grad",),
     figure_every_n_steps: int | None = None,
+    activations: bool | str | Sequence[str] = False,
+    activation_every_n_steps: int | None = None,
+    nan_origin: NanOrigin | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -655,11 +721,24 @@ def watch(
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
         sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
+        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch.spikes`):
+            ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
+            ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
+            ``"ignore"`` (symptom and logs only).
         histogram_every_n_steps: write per-layer histograms (``gradwatch/grad_hist/<layer>``) on the steps that are
             multiples of this; ``None`` (default) for none. Computed on the device, moved with the step's statistics.
         histograms: what to histogram: ``"grad"`` (default) and/or ``"param"`` (``gradwatch/param_hist/<layer>``).
         figure_every_n_steps: write the gradient-flow figure (image ``gradwatch/flow``) on the steps that are
             multiples of this; ``None`` (default) for never. Needs matplotlib (``pip install 'gradwatch[plot]'``).
+        activations: ``True`` to hook every module (a glob or list of globs over module names for some): output mean,
+            std, zero fraction, saturated and dead fractions, gradient norm flowing out of each module, and the
+            ``saturated`` and ``dead`` symptoms (docs/activations.md). Quiet in ``eval()`` and ``no_grad``.
+        activation_every_n_steps: sample activations every this many steps (default: ``every_n_steps``); hooks are
+            attached on those steps only.
+        nan_origin: locate the module where a non-finite value first appeared (``Symptom.origin``): ``"off"``,
+            ``"sampled"`` (on the sampled steps) or ``"every_step"`` (hooks on every step: costs about as much as
+            activations every step, still far less than ``detect_anomaly``). Default: ``"sampled"`` with activations
+            on, ``"off"`` without.
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -680,6 +759,7 @@ def watch(
     []
     """
     return Watcher(model, log_dir=log_dir, writer=writer, every_n_steps=every_n_steps, thresholds=thresholds,
-                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks,
+                   clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike,
                    histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
-                   figure_every_n_steps=figure_every_n_steps)
+                   figure_every_n_steps=figure_every_n_steps, activations=activations,
+                   activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin)

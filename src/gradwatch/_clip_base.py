@@ -1,0 +1,75 @@
+"""The clipper interface and the small device-side helpers every clipper shares (no host reads anywhere)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigurationError
+from .stats import GradBatch
+
+__all__ = ["ClipResult", "Clipper", "global_coef", "scale_all"]
+
+
+@dataclass
+class ClipResult:
+    """What a clipper did this step; device tensors or Python numbers, read on the host only when logged.
+
+    Attributes:
+        clipped_norm: global L2 norm after clipping, or ``None`` to have the watcher measure it.
+        threshold: the threshold used this step (a norm or a value), if the rule has one.
+        coef: the scale applied (1.0 when nothing was clipped), for rules with one global coefficient; the smallest
+            scale applied to any unit for per-unit rules.
+        active_frac: for per-unit rules (:class:`~gradwatch.clipping.AGC`, :class:`~gradwatch.clipping.LayerNormClip`),
+            the fraction of units whose gradient was rescaled this step.
+        clipped: whether any gradient was changed this step (a boolean tensor, or a bool).
+    """
+
+    clipped_norm: Tensor | None = None
+    threshold: Tensor | float | None = None
+    coef: Tensor | float | None = None
+    active_frac: Tensor | float | None = None
+    clipped: Tensor | bool | None = None
+
+
+class Clipper(ABC):
+    """Base class of gradwatch's clippers.
+
+    Subclasses implement :meth:`clip`. Those that keep state override :meth:`state_dict` and
+    :meth:`load_state_dict`, keeping it as tensors on the gradients' device so that no step needs a host sync.
+    """
+
+    @abstractmethod
+    def clip(self, batch: GradBatch) -> ClipResult:
+        """Rescale ``batch``'s gradients in place and say what was done."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clipper's state, for checkpoints (empty for stateless clippers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ConfigurationError(f"{type(self).__name__} keeps no state, but load_state_dict got keys {sorted(state)}.")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def global_coef(norm: Tensor, bound: Tensor | float) -> Tensor:
+    """``min(1, bound / norm)``, exactly; 1 where ``norm`` is zero or not finite (a non-finite step is the
+    ``nonfinite`` rule's business: scaling it would only smear NaN over every gradient)."""
+    ok = torch.isfinite(norm) & (norm > 0)
+    # torch.where and clamp instead of `if norm > bound`: branching on a device value would be a host sync.
+    return torch.where(ok, (bound / torch.where(ok, norm, torch.ones_like(norm))).clamp(max=1.0), torch.ones_like(norm))
+
+
+def scale_all(batch: GradBatch, coef: Tensor) -> None:
+    """Multiply every gradient of ``batch`` by the 0-d tensor ``coef``, one fused call per (device, dtype) group."""
+    for g in batch.groups:
+        torch._foreach_mul_(g.grads, coef.to(g.device, non_blocking=True))
