@@ -324,15 +324,18 @@ class StatsEngine:
             norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, lengths)
             assert maxabs is not None  # need_max=True: an invariant, not a validation
             groups.append(GradGroup(b.device, b.dtype, params, grads, idx, norms))
+            if len(self._buckets) == 1:  # the common case: reduce straight into the result, no partial vectors
+                layer_sumsq.index_add_(0, idx, sq)
+                layer_max.scatter_reduce_(0, idx, maxabs, "amax")
+                continue
             part_sumsq = torch.zeros(n_layers, dtype=acc, device=b.device).index_add_(0, idx, sq)
             part_max = torch.zeros(n_layers, dtype=acc, device=b.device).scatter_reduce_(0, idx, maxabs, "amax")
             layer_sumsq += _to(part_sumsq, home)
             layer_max = torch.maximum(layer_max, _to(part_max, home))  # maximum propagates NaN
         if has_grad is None:
             has_grad, numel = list(self._all_has_grad), list(self._all_numel)
-        nan = torch.isnan(layer_sumsq) | torch.isnan(layer_max)
-        inf = torch.isinf(layer_max) & ~nan
-        nonfinite = nan.to(acc) + 2 * inf.to(acc)
+        # 1 where a NaN reached the sum of squares or the max (a NaN + anything is NaN), else 2 where the max is Inf.
+        nonfinite = layer_max.isinf().to(acc).mul_(2).masked_fill_((layer_sumsq + layer_max).isnan(), 1.0)
         total_norm = layer_sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=self.layer_names, total_norm=total_norm, home=home)
         return DeviceStats(layer_sumsq, layer_max, nonfinite, total_norm, has_grad, numel, batch)

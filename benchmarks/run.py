@@ -1,0 +1,546 @@
+"""gradwatch's benchmark suite: overhead against the bare training step and against the peers, on CPU or GPU.
+
+One process per run; every variant is measured on every workload, interleaved round by round (the variants' order
+rotates each round), so that drift and other load on the machine hit them alike. Each round runs a block of steps
+per variant (forward, backward, what the variant does, AdamW step); a variant's overhead is the median over rounds of
+its per-step time minus the bare step's in the same round.
+
+    python benchmarks/run.py                 # the full suite on the best device (./dev bench)
+    python benchmarks/run.py --quick         # a smoke run (seconds)
+    python benchmarks/run.py --device cuda --out benchmarks/results-gpu.json
+
+Prints markdown tables (paste them into docs/performance.md) and writes everything to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+
+import gradwatch  # noqa: E402
+from workloads import WORKLOADS, Workload  # noqa: E402
+
+GOALS = {
+    "cpu_default_pct": 5.0,  # CPU, every step, default configuration: <= +5% over the bare step
+    "gpu_default_pct": 2.0,
+    "gpu_clip_pct": 2.5,
+    "gpu_nan_origin_pct": 10.0,
+    "host_ms_at_1000": 2.0,  # host-side step() at 1,000 parameter tensors
+    "memory_pct": 1.0,  # extra memory <= 1% of the gradient bytes
+}
+
+
+# ----------------------------------------------------------------------------------------------- variants
+@dataclass
+class Variant:
+    """One way of running the step. ``make(model, log_dir)`` returns ``(after_backward, close)`` or raises
+    ``Unavailable``; ``context`` wraps forward and backward (``detect_anomaly``)."""
+
+    name: str
+    label: str
+    make: Callable[[nn.Module, str], tuple[Callable[[], None], Callable[[], None]]]
+    context: Callable[[], Any] = contextlib.nullcontext
+    kind: str = "gradwatch"  # "bare", "gradwatch" or "peer"
+
+
+class Unavailable(Exception):
+    """The feature this variant measures is not in this gradwatch (another issue's work)."""
+
+
+def _nothing() -> None:
+    return None
+
+
+def _bare(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    return _nothing, _nothing
+
+
+def _gradwatch(**kwargs: Any) -> Callable[[nn.Module, str], tuple[Callable[[], None], Callable[[], None]]]:
+    def make(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+        options = {k: (v() if callable(v) else v) for k, v in kwargs.items()}
+        try:
+            watcher = gradwatch.watch(model, log_dir=log_dir, **options)
+        except TypeError as exc:  # an option this gradwatch does not have yet
+            raise Unavailable(str(exc)) from None
+
+        def after_backward() -> None:
+            watcher.step()
+
+        return after_backward, watcher.close
+    return make
+
+
+def _clipper(name: str, *args: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        cls = getattr(gradwatch.clipping, name, None)
+        if cls is None:
+            raise Unavailable(f"gradwatch.clipping.{name} does not exist here")
+        return cls(*args)
+    return build
+
+
+def _item_loop(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def after_backward() -> None:
+        [p.grad.norm().item() for p in params if p.grad is not None]  # one host sync per tensor
+
+    return after_backward, _nothing
+
+
+def _lightning_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    try:
+        from lightning.pytorch.utilities import grad_norm
+    except ImportError:
+        try:
+            from pytorch_lightning.utilities import grad_norm
+        except ImportError:
+            raise Unavailable("neither lightning nor pytorch_lightning is installed") from None
+
+    def after_backward() -> None:
+        {k: float(v) for k, v in grad_norm(model, norm_type=2).items()}
+
+    return after_backward, _nothing
+
+
+def _clip_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return (lambda: nn.utils.clip_grad_norm_(params, 1.0) and None), _nothing
+
+
+VARIANTS: list[Variant] = [
+    Variant("bare", "bare step", _bare, kind="bare"),
+    Variant("default", "gradwatch default (every step, TensorBoard)", _gradwatch()),
+    Variant("clip", "+ norm clipping (clip=1.0)", _gradwatch(clip=1.0)),
+    Variant("hist_every_step", "+ histograms every step", _gradwatch(histogram_every_n_steps=1)),
+    Variant("activations", "+ activations (activations=True)", _gradwatch(activations=True)),
+    Variant("nan_origin", "+ NaN origin (nan_origin='every_step')", _gradwatch(nan_origin="every_step")),
+    Variant("agc", "+ AGC clipper", _gradwatch(clip=_clipper("AGC"))),
+    Variant("zscore", "+ ZScoreClip", _gradwatch(clip=_clipper("ZScoreClip"))),
+    Variant("percentile", "+ PercentileClip", _gradwatch(clip=_clipper("PercentileClip"))),
+    Variant("layernorm", "+ LayerNormClip(1.0)", _gradwatch(clip=_clipper("LayerNormClip", 1.0))),
+    Variant("item_loop", "peer: per-tensor .item() loop", _item_loop, kind="peer"),
+    Variant("lightning", "peer: Lightning grad_norm -> floats", _lightning_grad_norm, kind="peer"),
+    Variant("clip_grad_norm", "peer: clip_grad_norm_ alone", _clip_grad_norm, kind="peer"),
+    Variant("detect_anomaly", "peer: torch.autograd.detect_anomaly", _bare,
+            context=lambda: torch.autograd.detect_anomaly(check_nan=True), kind="peer"),
+]
+# Derived, not measured: histograms every 100 steps cost the default plus 1/100 of a histogram step's extra.
+HIST_100 = "hist_every_100"
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # benchmark only: the timed block must include the device's work
+
+
+def _train_step(w: Workload, opt: torch.optim.Optimizer, device: torch.device, variant: Variant,
+                after_backward: Callable[[], None]) -> None:
+    opt.zero_grad(set_to_none=True)
+    with variant.context():
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                    else contextlib.nullcontext())
+        with autocast:
+            loss = w.loss(w.model, w.batch)
+        loss.backward()
+    after_backward()
+    opt.step()
+
+
+@dataclass
+class Samples:
+    per_step_ms: list[float] = field(default_factory=list)
+    peak_bytes: list[int] = field(default_factory=list)
+    status: str = "ok"
+
+
+def _block(w: Workload, opt: torch.optim.Optimizer, device: torch.device, variant: Variant, steps: int,
+           warmup: int, log_root: str) -> tuple[float, int | None]:
+    log_dir = tempfile.mkdtemp(dir=log_root)
+    after_backward, close = variant.make(w.model, log_dir)
+    try:
+        for _ in range(warmup):
+            _train_step(w, opt, device, variant, after_backward)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            _train_step(w, opt, device, variant, after_backward)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    finally:
+        close()
+    return elapsed / steps * 1e3, peak
+
+
+def run_workload(w: Workload, device: torch.device, variants: list[Variant], rounds: int, steps: int, warmup: int,
+                 log_root: str, progress: Callable[[str], None]) -> dict[str, Samples]:
+    opt = torch.optim.AdamW(w.model.parameters(), lr=1e-4)
+    samples = {v.name: Samples() for v in variants}
+    live = list(variants)
+    for v in variants:  # one untimed block each: imports, first allocations, and which features exist
+        try:
+            _block(w, opt, device, v, 1, 1, log_root)
+        except Unavailable as exc:
+            samples[v.name].status = f"n/a ({exc})"
+            live.remove(v)
+    for r in range(rounds):
+        order = live[r % len(live):] + live[:r % len(live)]  # rotate: no variant always runs first
+        for v in order:
+            ms, peak = _block(w, opt, device, v, steps, warmup, log_root)
+            samples[v.name].per_step_ms.append(ms)
+            if peak is not None:
+                samples[v.name].peak_bytes.append(peak)
+        progress(f"  {w.name}: round {r + 1}/{rounds}, bare {samples['bare'].per_step_ms[-1]:.1f} ms/step")
+    return samples
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if len(xs) == 1:
+        return xs[0]
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarise(samples: dict[str, Samples], grad_bytes: int) -> dict[str, dict[str, Any]]:
+    bare = samples["bare"].per_step_ms
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in samples.items():
+        if s.status != "ok":
+            out[name] = {"status": s.status}
+            continue
+        diffs = [a - b for a, b in zip(s.per_step_ms, bare)]  # paired by round
+        rel = [100.0 * (a - b) / b for a, b in zip(s.per_step_ms, bare)]
+        row: dict[str, Any] = {
+            "status": "ok", "median_ms": statistics.median(s.per_step_ms),
+            "p25_ms": _quantile(s.per_step_ms, 0.25), "p75_ms": _quantile(s.per_step_ms, 0.75),
+            "overhead_ms": statistics.median(diffs), "overhead_pct": statistics.median(rel),
+            "overhead_pct_p25": _quantile(rel, 0.25), "overhead_pct_p75": _quantile(rel, 0.75),
+            "rounds": len(s.per_step_ms),
+        }
+        if s.peak_bytes and samples["bare"].peak_bytes:
+            extra = statistics.median([a - b for a, b in zip(s.peak_bytes, samples["bare"].peak_bytes)])
+            row["peak_extra_bytes"] = extra
+            row["peak_extra_pct_of_grads"] = 100.0 * extra / grad_bytes
+        out[name] = row
+    if "hist_every_step" in out and out["hist_every_step"].get("status") == "ok" and out["default"]["status"] == "ok":
+        d, h = out["default"], out["hist_every_step"]
+        out[HIST_100] = {"status": "derived", "overhead_ms": d["overhead_ms"] + (h["overhead_ms"] - d["overhead_ms"]) / 100,
+                         "overhead_pct": d["overhead_pct"] + (h["overhead_pct"] - d["overhead_pct"]) / 100,
+                         "median_ms": d["median_ms"] + (h["median_ms"] - d["median_ms"]) / 100}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- memory (CPU)
+def cpu_step_allocations(w: Workload, kwargs: dict[str, Any]) -> int:
+    """Bytes of every tensor that ops inside ``watcher.step()`` allocate (views and in-place results excluded).
+
+    An upper bound on the extra peak memory of a step: it counts temporaries as if all were alive at once.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kw: Any = None) -> Any:
+            out = func(*args, **(kw or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in _tensors((args, kw)) if a.layout == torch.strided}
+            for t in _tensors(out):
+                if t.layout == torch.strided and t.untyped_storage().data_ptr() not in inputs:
+                    Count.total += t.untyped_storage().nbytes()
+            return out
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        watcher = gradwatch.watch(w.model, log_dir=log_dir, **kwargs)
+        try:
+            for _ in range(2):
+                w.model.zero_grad(set_to_none=True)
+                w.loss(w.model, w.batch).backward()
+                if _ == 0:
+                    watcher.step()  # the first step builds caches
+            with Count():
+                watcher.step()
+        finally:
+            watcher.close()
+    return Count.total
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+# ----------------------------------------------------------------------------------------------- host-side scaling
+def host_scaling(device: torch.device, sizes: list[int], steps: int) -> list[dict[str, Any]]:
+    """Host time of ``watcher.step()`` against the number of parameter tensors (Linear(4, 4) layers: 2 each).
+
+    Two configurations: the default (every step logged to TensorBoard) and a step that logs nothing
+    (``every_n_steps`` large). Wall time and this thread's CPU time (less sensitive to other load on the machine).
+    On CUDA the device work is not waited for: this is the host's share of the step.
+    """
+    rows = []
+    for n in sizes:
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(max(n // 2, 1))]).to(device)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        row: dict[str, Any] = {"tensors": sum(1 for _ in model.parameters()), "layers": len(model)}
+        for config, every in (("logged", 1), ("not_logged", 10**9)):
+            with tempfile.TemporaryDirectory() as log_dir:
+                watcher = gradwatch.watch(model, log_dir=log_dir, every_n_steps=every)
+                for _ in range(3):
+                    watcher.step()
+                _sync(device)
+                wall, cpu = [], []
+                for _ in range(steps):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    watcher.step()
+                    cpu.append((time.thread_time() - c0) * 1e3)
+                    wall.append((time.perf_counter() - t0) * 1e3)
+                _sync(device)
+                watcher.close()
+            row[f"{config}_wall_ms"] = statistics.median(wall)
+            row[f"{config}_cpu_ms"] = statistics.median(cpu)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "platform": platform.platform(), "cpus": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    with contextlib.suppress(Exception):
+        import importlib.metadata as md
+        info["gradwatch"] = md.version("gradwatch")
+    return info
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def workload_table(result: dict[str, Any]) -> str:
+    lines = [f"#### {result['name']}: {result['description']}",
+             f"{result['params'] / 1e6:.2f}M parameters in {result['tensors']} tensors; gradients "
+             f"{_fmt_bytes(result['grad_bytes'])}", "",
+             "| variant | median ms/step | spread (p25–p75) | overhead ms | overhead % (p25–p75) | peak extra memory |",
+             "|---|---:|---:|---:|---:|---:|"]
+    labels = {v.name: v.label for v in VARIANTS} | {HIST_100: "+ histograms every 100 steps (derived)"}
+    order = [v.name for v in VARIANTS]
+    order.insert(order.index("hist_every_step") + 1, HIST_100)
+    for name in order:
+        row = result["variants"].get(name)
+        if row is None:
+            continue
+        if row["status"].startswith("n/a"):
+            lines.append(f"| {labels[name]} | {row['status']} | | | | |")
+            continue
+        if row["status"] == "derived":
+            lines.append(f"| {labels[name]} | {row['median_ms']:.2f} | | {row['overhead_ms']:+.2f} | "
+                         f"{row['overhead_pct']:+.1f}% | |")
+            continue
+        mem = ""
+        if "peak_extra_bytes" in row:
+            mem = f"{_fmt_bytes(row['peak_extra_bytes'])} ({row['peak_extra_pct_of_grads']:.2f}% of grads)"
+        elif name == "default" and "cpu_step_alloc_bytes" in result:
+            b = result["cpu_step_alloc_bytes"]
+            mem = f"≤ {_fmt_bytes(b)} ({100 * b / result['grad_bytes']:.2f}% of grads)¹"
+        over = "—" if name == "bare" else f"{row['overhead_ms']:+.2f}"
+        pct = "—" if name == "bare" else (f"{row['overhead_pct']:+.1f}% ({row['overhead_pct_p25']:+.1f}…"
+                                           f"{row['overhead_pct_p75']:+.1f})")
+        lines.append(f"| {labels[name]} | {row['median_ms']:.2f} | {row['p25_ms']:.2f}–{row['p75_ms']:.2f} | "
+                     f"{over} | {pct} | {mem} |")
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| parameter tensors | layers | step() logged: wall ms | CPU ms | step() not logged: wall ms | CPU ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['tensors']} | {r['layers']} | {r['logged_wall_ms']:.2f} | {r['logged_cpu_ms']:.2f} | "
+                     f"{r['not_logged_wall_ms']:.2f} | {r['not_logged_cpu_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of issue 7 that this run measured, with the measured value and met / not met."""
+    out = []
+    dev = report["device"]
+    for res in report["workloads"]:
+        v = res["variants"]
+        if dev == "cpu" and v.get("default", {}).get("status") == "ok":
+            pct = v["default"]["overhead_pct"]
+            out.append({"goal": f"CPU default ≤ +{GOALS['cpu_default_pct']:g}% ({res['name']})",
+                        "value": f"{pct:+.1f}%", "met": pct <= GOALS["cpu_default_pct"]})
+        if dev == "cuda":
+            for key, goal, label in (("default", "gpu_default_pct", "default"), ("clip", "gpu_clip_pct", "+ clipping"),
+                                     ("nan_origin", "gpu_nan_origin_pct", "NaN origin")):
+                if v.get(key, {}).get("status") == "ok" and res["name"] in ("transformer", "cnn"):
+                    pct = v[key]["overhead_pct"]
+                    out.append({"goal": f"GPU {label} ≤ +{GOALS[goal]:g}% ({res['name']})", "value": f"{pct:+.1f}%",
+                                "met": pct <= GOALS[goal]})
+            if v.get("default", {}).get("peak_extra_pct_of_grads") is not None:
+                pct = v["default"]["peak_extra_pct_of_grads"]
+                out.append({"goal": f"extra memory ≤ {GOALS['memory_pct']:g}% of gradient bytes ({res['name']})",
+                            "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
+        if dev == "cpu" and "cpu_step_alloc_bytes" in res:
+            pct = 100 * res["cpu_step_alloc_bytes"] / res["grad_bytes"]
+            out.append({"goal": f"extra memory ≤ {GOALS['memory_pct']:g}% of gradient bytes ({res['name']}, upper bound)",
+                        "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
+    rows = {r["tensors"]: r for r in report.get("scaling", [])}
+    if 1000 in rows:
+        for config in ("not_logged", "logged"):
+            ms = rows[1000][f"{config}_cpu_ms"]
+            out.append({"goal": f"host step() ≤ {GOALS['host_ms_at_1000']:g} ms at 1,000 tensors ({config}, CPU time)",
+                        "value": f"{ms:.2f} ms", "met": ms <= GOALS["host_ms_at_1000"]})
+        if 5000 in rows:
+            ratio = rows[5000]["not_logged_cpu_ms"] / rows[1000]["not_logged_cpu_ms"]
+            out.append({"goal": "host step() grows linearly (5,000 vs 1,000 tensors: ≤ 6x)",
+                        "value": f"{ratio:.1f}x", "met": ratio <= 6.0})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    ap.add_argument("--workloads", default="mlp,cnn,transformer", help="comma-separated: mlp, cnn, transformer")
+    ap.add_argument("--variants", default=None, help="comma-separated variant names (bare is always included): "
+                    + ", ".join(v.name for v in VARIANTS))
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 GPU, 8 CPU, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 10 GPU, 2 CPU)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per block (default 1)")
+    ap.add_argument("--size", choices=("auto", "tiny", "cpu", "gpu"), default="auto",
+                    help="workload sizes (auto: gpu sizes on CUDA, cpu sizes on the CPU; tiny for smoke tests)")
+    ap.add_argument("--scaling", default=None, help="comma-separated tensor counts for the host-side step() scaling "
+                    "(default 10,100,1000,5000; quick 10,100; 'none' to skip)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU (default 1: less noise "
+                    "on a shared machine; 0 keeps torch's default)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 rounds, 1 step, small scaling")
+    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results-<device>.json)")
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    size = args.size if args.size != "auto" else ("tiny" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
+    rounds = args.rounds or (2 if args.quick else (10 if device.type == "cuda" else 8))
+    steps = args.steps or (1 if args.quick else (10 if device.type == "cuda" else 2))
+    threads = args.threads if args.threads is not None else 1
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
+    scaling_sizes = ([] if args.scaling == "none" else
+                     [int(x) for x in (args.scaling or ("10,100" if args.quick else "10,100,1000,5000")).split(",")])
+    wanted = None if args.variants is None else {"bare", *args.variants.split(",")}
+    variants = [v for v in VARIANTS if wanted is None or v.name in wanted]
+    unknown = (wanted or set()) - {v.name for v in VARIANTS}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {[v.name for v in VARIANTS]}")
+    names = args.workloads.split(",")
+    if any(n not in WORKLOADS for n in names):
+        ap.error(f"unknown workload in {names}; choose from {list(WORKLOADS)}")
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import warnings
+    warnings.filterwarnings("ignore", category=gradwatch.GradWatchWarning)
+    warnings.filterwarnings("ignore", message=".*[Aa]nomaly.*")
+    import logging
+    logging.getLogger("gradwatch").setLevel(logging.ERROR)
+
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": device.type, "size": size, "rounds": rounds, "steps_per_round": steps, "warmup": args.warmup,
+        "machine": machine(), "workloads": [], "scaling": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_root:
+        for name in names:
+            torch.manual_seed(0)
+            w = WORKLOADS[name](size, device)  # type: ignore[arg-type]
+            params = [p for p in w.model.parameters() if p.requires_grad]
+            grad_bytes = sum(p.numel() * p.element_size() for p in params)
+            progress(f"{name}: {w.description}")
+            samples = run_workload(w, device, variants, rounds, steps, args.warmup, log_root, progress)
+            res: dict[str, Any] = {"name": name, "description": w.description, "params": sum(p.numel() for p in params),
+                                   "tensors": len(params), "grad_bytes": grad_bytes,
+                                   "variants": summarise(samples, grad_bytes),
+                                   "raw_ms": {k: s.per_step_ms for k, s in samples.items()}}
+            if device.type == "cpu":
+                res["cpu_step_alloc_bytes"] = cpu_step_allocations(w, {})
+            report["workloads"].append(res)
+            del w
+        if scaling_sizes:
+            progress(f"host-side step() scaling: {scaling_sizes} tensors")
+            report["scaling"] = host_scaling(device, scaling_sizes, steps=10 if args.quick else 30)
+    report["goals"] = goals(report)
+    report["seconds"] = time.perf_counter() - started
+
+    m = report["machine"]
+    print(f"## gradwatch benchmarks: {device.type}, {m.get('gpu') or m.get('cpu_model', '?')} "
+          f"({m['cpus']} CPUs, torch {m['torch']}, {m['torch_threads']} torch threads)")
+    print(f"`{report['command']}`: {rounds} interleaved rounds × {steps} timed steps per variant, medians; "
+          f"overhead paired by round against the bare step; {report['seconds']:.0f} s in all.\n")
+    for res in report["workloads"]:
+        print(workload_table(res) + "\n")
+    if device.type == "cpu" and report["workloads"]:
+        print("¹ CPU: bytes allocated by the ops inside one `watcher.step()` (an upper bound on its extra peak memory);"
+              " peak memory of the other variants is measured on CUDA only.\n")
+    if report["scaling"]:
+        print("#### host-side `watcher.step()` against the number of parameter tensors (Linear(4, 4) layers)\n")
+        print(scaling_table(report["scaling"]) + "\n")
+    if report["goals"]:
+        print("#### goals\n\n| goal | measured | |\n|---|---:|---|")
+        for g in report["goals"]:
+            print(f"| {g['goal']} | {g['value']} | {'met' if g['met'] else 'NOT met'} |")
+    out = Path(args.out or Path(__file__).resolve().parent / f"results-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

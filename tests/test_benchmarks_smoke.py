@@ -1,0 +1,61 @@
+"""The benchmark suite runs end to end (tiny sizes, one round) and writes its JSON, so that it cannot rot.
+
+No timing is asserted: only that every variant was measured or marked n/a, and that the numbers are consistent.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("gradwatch_bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_prints_tables_and_writes_json(tmp_path, capsys):
+    run = _load_run()
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        code = run.main(["--quick", "--device", "cpu", "--workloads", "mlp", "--rounds", "1", "--scaling", "10,40",
+                         "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| bare step |" in printed and "| gradwatch default (every step, TensorBoard) |" in printed
+    report = json.loads(out.read_text())
+    (mlp,) = report["workloads"]
+    assert mlp["tensors"] == sum(1 for _ in run.WORKLOADS["mlp"]("tiny", torch.device("cpu")).model.parameters())
+    variants = mlp["variants"]
+    assert set(variants) >= {v.name for v in run.VARIANTS}
+    for name, row in variants.items():
+        assert row["status"] in ("ok", "derived") or row["status"].startswith("n/a"), (name, row)
+    bare, default = variants["bare"], variants["default"]
+    assert bare["overhead_ms"] == 0.0
+    assert default["overhead_ms"] == pytest.approx(default["median_ms"] - bare["median_ms"])  # one round: paired
+    assert mlp["cpu_step_alloc_bytes"] > 0
+    assert [r["tensors"] for r in report["scaling"]] == [10, 40]
+    assert all(r["logged_wall_ms"] > 0 and r["not_logged_cpu_ms"] >= 0 for r in report["scaling"])
+    assert any(g["goal"].startswith("CPU default") for g in report["goals"])
+
+
+def test_step_allocation_count_sees_the_engine_temporaries():
+    run = _load_run()
+    torch.manual_seed(0)
+    w = run.WORKLOADS["mlp"]("tiny", torch.device("cpu"))
+    n_layers = sum(1 for m in w.model.modules() if isinstance(m, nn.Linear))
+    # At least the two per-layer float64 vectors (sum of squares, max) of the engine are counted.
+    assert run.cpu_step_allocations(w, {}) >= 2 * 8 * n_layers
