@@ -89,18 +89,20 @@ class _Bucket:
     flat_views: list[Tensor] = field(default_factory=list)  # 1-D views of the first n_small parameters
     view_ptrs: list[int] = field(default_factory=list)  # their data pointers, to notice `p.data = ...`
 
-    def small_param_views(self) -> list[Tensor]:
+    def small_param_views(self) -> list[Tensor] | None:
         """1-D views of the small parameters, made once: a view costs more than the norm of a tiny tensor.
 
         A view keeps its parameter's storage alive, so an unchanged data pointer means the same storage; a
-        parameter whose data was replaced (``p.data = ...``, sharded wrappers) gets a fresh view.
+        parameter whose data was replaced (``p.data = ...``, sharded wrappers) gets a fresh view. ``None`` when a
+        parameter is not contiguous (``channels_last``): it has no 1-D view.
         """
         small = self.params[:self.n_small]
         ptrs = list(map(Tensor.data_ptr, small))
         if ptrs != self.view_ptrs:
-            self.flat_views = [p.detach().view(-1) for p in small]
+            contiguous = all(p.is_contiguous() for p in small)
+            self.flat_views = [p.detach().view(-1) for p in small] if contiguous else []
             self.view_ptrs = ptrs
-        return self.flat_views
+        return self.flat_views or None
 
     def index(self, present: tuple[bool, ...] | None) -> Tensor:
         idx = self.index_cache.get(present)
@@ -185,7 +187,7 @@ def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, fl
     """
     flat = (torch.cat(tensors) if flat_1d else torch._C._nn.flatten_dense_tensors(tensors)).to(acc)
     sumsq = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
-    maxabs = torch.segment_reduce(flat.abs_(), "max", lengths=lengths, initial=0)
+    maxabs = torch.segment_reduce(flat.abs(), "max", lengths=lengths, initial=0)  # not abs_: flat may be the grad
     return sumsq, maxabs
 
 

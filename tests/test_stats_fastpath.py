@@ -1,0 +1,68 @@
+"""The CPU fast path of the engine (small tensors reduced from one flat copy) against float64 references."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+
+
+def test_a_single_small_float64_gradient_is_measured_and_left_untouched():
+    model = nn.Linear(3, 1, bias=False).double()
+    model.weight.grad = torch.tensor([[-3.0, 4.0, 0.0]], dtype=torch.float64)
+    with gradwatch.watch(model) as watcher:
+        report = watcher.step()
+    (stats,) = report.layers.values()
+    assert stats.grad_norm == 5.0 and stats.grad_max == 4.0
+    assert model.weight.grad.tolist() == [[-3.0, 4.0, 0.0]]  # the max |g| must not take abs() in place
+
+
+def test_small_and_large_tensors_mixed_and_channels_last_parameters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(100, 80))  # conv: small; linear weight 8,000 > 4,096
+    model[0].to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    model[1].weight.grad[3, 7] = -50.0
+    with gradwatch.watch(model) as watcher:
+        for _ in range(2):  # the second step reuses the cached parameter views
+            report = watcher.step()
+            for name, module in (("0", model[0]), ("1", model[1])):
+                params = list(module.parameters())
+                grad = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in params))
+                param = math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in params))
+                gmax = max(p.grad.abs().max().item() for p in params)
+                assert report.layers[name].grad_norm == pytest.approx(grad, rel=1e-6)
+                assert report.layers[name].param_norm == pytest.approx(param, rel=1e-6)
+                assert report.layers[name].grad_max == pytest.approx(gmax, rel=1e-6)
+            with torch.no_grad():
+                model[0].bias.mul_(3.0)  # parameters change in place between steps: the views see it
+    assert report.layers["1"].grad_max == 50.0
+
+
+def test_replaced_parameter_data_is_seen_by_the_parameter_norms():
+    model = nn.Linear(2, 2)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    with gradwatch.watch(model) as watcher:
+        (before,) = watcher.step().layers.values()
+        assert before.param_norm > 0
+        model.bias.data = torch.tensor([30.0, 40.0])
+        model.weight.data = torch.zeros(2, 2)
+        (after,) = watcher.step().layers.values()
+        assert after.param_norm == pytest.approx(50.0)
+
+
+def test_nan_in_a_small_tensor_and_inf_in_another_layer():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model[0].bias.grad[1] = float("nan")
+    model[1].weight.grad[0, 0] = float("inf")
+    with pytest.warns(gradwatch.GradWatchWarning):
+        with gradwatch.watch(model) as watcher:
+            report = watcher.step()
+    assert report.layers["0"].nonfinite == "nan" and report.layers["1"].nonfinite == "inf"
+    assert math.isnan(report.layers["0"].grad_max) and report.layers["1"].grad_max == math.inf
