@@ -28,6 +28,7 @@ from ._validate import check_choice, check_int
 from .advice import ModelTraits
 from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
+from .distributed import DistributedContext, detect
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
 from .layers import Layer, discover_layers, unwrap_model
@@ -210,7 +211,14 @@ class Watcher:
         self._layers: list[Layer] = discover_layers(model, layers)
         self.layer_names: list[str] = [layer.name for layer in self._layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
-        self._engine = StatsEngine(self._layers)
+        # Several processes (gradwatch.distributed): statistics reduced across ranks, rank zero writes alone.
+        self._dist: DistributedContext | None = detect(model, self._layers)  # None in one process: no cost
+        if self._dist is not None:
+            self._dist.check_config(clipper=self.clipper, histograms=histogram_every_n_steps is not None)
+            self._dist.agree_on_layers(self.layer_names)
+            if self._dist.rank != 0:
+                sinks, log_dir, writer = [], None, None
+        self._engine = StatsEngine(self._layers, dist=self._dist)
         self._dashboard = DashboardLogger(self._layers, histogram_every_n_steps=histogram_every_n_steps,
                                           histograms=histograms, figure_every_n_steps=figure_every_n_steps)
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
@@ -241,6 +249,11 @@ class Watcher:
         return self._model_ref()
 
     @property
+    def distributed(self) -> DistributedContext | None:
+        """The cross-rank context when ``torch.distributed`` runs several processes, else ``None``."""
+        return self._dist
+
+    @property
     def log_dir(self) -> str | None:
         for s in self.sinks:
             if isinstance(s, TensorBoardSink):
@@ -268,7 +281,8 @@ class Watcher:
                 (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore the step, unless the
                 overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
                 symptoms (and ``on_nonfinite`` acts).
-            reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
+            reduce_flag: not needed when ``torch.distributed`` is initialised (the statistics, hence the flags, are
+                already reduced across ranks: see :attr:`distributed`). Otherwise, combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
                 other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
                 Called on every step where a decision is taken, on every process.
 
@@ -285,7 +299,7 @@ class Watcher:
         step = self._step
         logged = step % self.every_n_steps == 0
         self._collect_ready()
-        dev = self._engine.compute()
+        dev = self._engine.compute(with_params=logged)
         record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
                          extra_tags=[], extra_values={})
         tail = self._dashboard.device_part(step, self._layers, dev.total_norm.device, dev.total_norm.dtype)
@@ -332,7 +346,7 @@ class Watcher:
         parts = [dev.layer_sumsq, dev.layer_max, dev.nonfinite, dev.total_norm.reshape(1),
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
-            parts.append(self._engine.param_norms())
+            parts.append(dev.param_norm if dev.param_norm is not None else self._engine.param_norms())
         if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
             parts.append(tail)
             record.tail_len = tail.numel()
@@ -541,6 +555,8 @@ class Watcher:
         self._announce(r.step, symptoms, onsets)
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
+        if self._dist is not None and self._dist.rank != 0:
+            return  # one warning per job, not one per rank
         nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
         if nonfinite and self.on_nonfinite in ("warn", "skip"):
             what = ", ".join(f"{s.layer} ({'NaN' if s.value != s.value else 'Inf'})" for s in nonfinite)
