@@ -145,11 +145,11 @@ class DistributedContext:
     # ------------------------------------------------------------------ detection
     def _dtensor_piece(self, p: Any, name: str) -> _Piece:
         mesh = p.device_mesh
-        if mesh.size() != self.world_size:
+        if self.world_size % mesh.size():
             raise ConfigurationError(
                 f"Layer {name!r} is a DTensor on a {mesh.size()}-process mesh in a {self.world_size}-process job: "
-                "gradwatch supports meshes that span every process (FSDP2, HSDP, tensor parallel on a full mesh). "
-                "Pipeline stages or meshes of part of the world are not supported; watch with a single process.")
+                "gradwatch needs meshes whose size divides the world size (the ranks outside a mesh holding "
+                "replicas, as the other data-parallel replicas do).")
         shard_factor = 1
         for dim, placement in enumerate(p.placements):
             if placement.is_shard():
