@@ -19,19 +19,20 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import reference_layer_stats, rel_close
 from torch import nn
 
 import gradwatch
-from gradwatch.clipping import NormClip
+from gradwatch.clipping import NormClip, ValueClip
 from gradwatch.errors import ConfigurationError, GradWatchError, NonFiniteGradientError
-
-from conftest import reference_layer_stats, rel_close
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
 WORLD = 2
 NAMES = ["0", "2", "4"]
 MAX_NORM = 0.05  # below every test step's global norm: clipping is active
+#: The one collective of a step (``all_gather_into_tensor`` before torch renamed it).
+GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
 
 
 # ---------------------------------------------------------------------------------------------------- harness
@@ -251,16 +252,16 @@ def test_one_collective_per_step_under_ddp(ddp_results: Any) -> None:
     results, _ = ddp_results
     for r in results:
         # Statistics, the clip coefficient and the skip decision: one all_gather, nothing else.
-        assert [s["calls"] for s in r["steps"]] == [["all_gather_single"]] * 4
+        assert [s["calls"] for s in r["steps"]] == [[GATHER]] * 4
         # Logged and non-logged steps alike: the parameter norms travel in the logged step's collective.
-        assert r["plain0"]["calls"] == ["all_gather_single"] and r["plain1"]["calls"] == ["all_gather_single"]
+        assert r["plain0"]["calls"] == [GATHER] and r["plain1"]["calls"] == [GATHER]
     ref_model = make_model()
     want = {layer.name: math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.params))
             for layer in gradwatch.layers.discover_layers(ref_model)}
     for r in results:
         assert r["plain0"]["param_norms"].keys() == want.keys()  # step 0 is logged, step 1 is not
-        for name in want:
-            assert rel_close(r["plain0"]["param_norms"][name], want[name], 1e-6)
+        for name, value in want.items():
+            assert rel_close(r["plain0"]["param_norms"][name], value, 1e-6)
             assert r["plain1"]["param_norms"][name] is None
 
 
@@ -319,16 +320,14 @@ def fsdp2_worker(rank: int, tmp: str) -> dict[str, Any]:
             out[f"step{step}"] = {"layers": layer_dict(report), "global_norm": report.global_norm, "calls": calls,
                                   "clipped_norm": report.clipped_norm,
                                   "grads": [p.grad.full_tensor().flatten().tolist() for p in model.parameters()]}
-        # Gradient sync switched off (FSDP2's no_sync): refused.
+
+    # ValueClip: element-wise, then the clipped global norm is measured again: one more (summing) collective.
+    with gradwatch.watch(model, clip=ValueClip(0.01)) as watcher:
         model.zero_grad()
-        model.set_requires_gradient_sync(False)
         backward(model, 0, rank)
-        try:
-            watcher.step()
-            out["no_sync"] = "accepted"
-        except GradWatchError as exc:
-            out["no_sync"] = str(exc)
-        model.set_requires_gradient_sync(True)
+        report, calls = counter.step(watcher)
+        out["value_clip"] = {"clipped_norm": report.clipped_norm, "calls": calls,
+                             "grads": [p.grad.full_tensor().flatten().tolist() for p in model.parameters()]}
 
     refusals = {}
     for key, kwargs in (("norm_type", {"clip": NormClip(1.0, norm_type=1.0)}),
@@ -339,6 +338,17 @@ def fsdp2_worker(rank: int, tmp: str) -> dict[str, Any]:
         except ConfigurationError as exc:
             refusals[key] = str(exc)
     out["refusals"] = refusals
+
+    # Gradient sync switched off (FSDP2's no_sync): refused. Last: FSDP2 keeps the unsynchronised gradients.
+    with gradwatch.watch(model) as watcher:
+        model.zero_grad()
+        model.set_requires_gradient_sync(False)
+        backward(model, 0, rank)
+        try:
+            watcher.step()
+            out["no_sync"] = "accepted"
+        except GradWatchError as exc:
+            out["no_sync"] = str(exc)
     return out
 
 
@@ -357,7 +367,19 @@ def test_fsdp2_per_layer_norms_and_clipped_gradients_equal_the_unsharded_referen
             _, want = reference(step, clip=MAX_NORM)
             assert_all_close(r[f"step{step}"]["grads"], want)
             assert rel_close(r[f"step{step}"]["clipped_norm"], MAX_NORM, 1e-4)
-            assert r[f"step{step}"]["calls"] == ["all_gather_single"]
+            assert r[f"step{step}"]["calls"] == [GATHER]
+
+
+def test_fsdp2_value_clip_equals_clip_grad_value_and_costs_one_more_collective(fsdp2_results: Any) -> None:
+    model = make_model()
+    backward(model, 0, None)
+    torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
+    want = [p.grad.flatten().tolist() for p in model.parameters()]
+    norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+    for r in fsdp2_results:
+        assert_all_close(r["value_clip"]["grads"], want)
+        assert rel_close(r["value_clip"]["clipped_norm"], norm, 1e-5)
+        assert r["value_clip"]["calls"] == [GATHER, GATHER]
 
 
 def test_fsdp2_refuses_local_gradients_and_wrong_numbers(fsdp2_results: Any) -> None:
@@ -386,6 +408,18 @@ def fsdp1_worker(rank: int, tmp: str) -> dict[str, Any]:
                 grads = [p.grad.flatten().tolist() for p in model.parameters()]
             out[f"step{step}"] = {"layers": layer_dict(report), "global_norm": report.global_norm, "calls": calls,
                                   "clipped_norm": report.clipped_norm, "grads": grads}
+    # Large worlds: two all_reduce calls (SUM, MAX) instead of one all_gather; the same numbers.
+    from gradwatch import distributed
+
+    limit, distributed.GATHER_LIMIT = distributed.GATHER_LIMIT, 0
+    try:
+        with gradwatch.watch(model) as watcher:
+            model.zero_grad()
+            backward(model, 0, rank)
+            report, calls = counter.step(watcher)
+            out["large"] = {"layers": layer_dict(report), "global_norm": report.global_norm, "calls": calls}
+    finally:
+        distributed.GATHER_LIMIT = limit
     try:
         gradwatch.watch(FSDP(make_model(), use_orig_params=False, device_id=torch.device("cpu"))).close()
         out["flat"] = None
@@ -411,8 +445,10 @@ def test_fsdp1_per_layer_norms_equal_the_reference_on_every_rank(fsdp1_results: 
             assert_matches_reference(r[f"step{step}"], step)
             _, want = reference(step, clip=MAX_NORM)
             assert_all_close(r[f"step{step}"]["grads"], want)  # clipped by the global norm
-            assert r[f"step{step}"]["calls"] == ["all_gather_single"]
+            assert r[f"step{step}"]["calls"] == [GATHER]
         assert "use_orig_params=True" in r["flat"]
+        assert_matches_reference(r["large"], 0)
+        assert r["large"]["calls"] == ["all_reduce", "all_reduce"]
 
 
 # ---------------------------------------------------------------------------------------------------- one process
@@ -434,7 +470,9 @@ def test_single_process_issues_no_collective(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_wrapper_segments_are_dropped_from_layer_names() -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper,
+    )
 
     model = nn.Sequential(nn.Linear(2, 2), checkpoint_wrapper(nn.Linear(2, 2)))
     assert [layer.name for layer in gradwatch.layers.discover_layers(model)] == ["0", "1"]

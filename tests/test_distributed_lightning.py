@@ -24,13 +24,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy  # noqa: E402
+from conftest import reference_layer_stats, rel_close
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+)
 
-from gradwatch.errors import ConfigurationError  # noqa: E402
-from gradwatch.lightning import GradWatchCallback, unsupported_strategy  # noqa: E402
-from gradwatch.sinks import MemorySink  # noqa: E402
-
-from conftest import reference_layer_stats, rel_close  # noqa: E402
+from gradwatch.errors import ConfigurationError
+from gradwatch.lightning import GradWatchCallback, unsupported_strategy
+from gradwatch.sinks import MemorySink
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

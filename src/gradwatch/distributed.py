@@ -36,7 +36,14 @@ from torch import Tensor, nn
 
 from .errors import ConfigurationError, GradWatchError
 from .layers import Layer
-from .stats import DeviceStats, GradBatch, GradGroup, _foreach_maxabs, _foreach_norms, accumulate_dtype
+from .stats import (
+    DeviceStats,
+    GradBatch,
+    GradGroup,
+    _foreach_maxabs,
+    _foreach_norms,
+    accumulate_dtype,
+)
 
 __all__ = ["GATHER_LIMIT", "DistributedContext", "detect", "is_distributed"]
 
@@ -161,7 +168,10 @@ class DistributedContext:
 
     def _fsdp1_pieces(self, model: nn.Module, kinds: set[str]) -> dict[int, _Piece]:
         try:
-            from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+            from torch.distributed.fsdp import (
+                FullyShardedDataParallel,
+                ShardingStrategy,
+            )
         except ImportError:  # pragma: no cover
             return {}
         pieces: dict[int, _Piece] = {}
