@@ -451,6 +451,34 @@ def test_fsdp1_per_layer_norms_equal_the_reference_on_every_rank(fsdp1_results: 
         assert r["large"]["calls"] == ["all_reduce", "all_reduce"]
 
 
+# ---------------------------------------------------------------------------------------------------- tensor parallel
+def tp_worker(rank: int, tmp: str) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = parallelize_module(make_model(), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    counter = CollectiveCounter()
+    with gradwatch.watch(model, clip=MAX_NORM) as watcher:
+        backward(model, 0, None)  # tensor parallel: the same batch on every rank
+        placements = [str(getattr(p.grad, "placements", "plain")) for p in model.parameters()]
+        report, calls = counter.step(watcher)
+        grads = [(p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).flatten().tolist()
+                 for p in model.parameters()]
+    return {"layers": layer_dict(report), "global_norm": report.global_norm, "calls": calls, "grads": grads,
+            "placements": placements}
+
+
+def test_tensor_parallel_norms_and_clipped_gradients_equal_the_reference(tmp_path: Any) -> None:
+    for r in run_ranks(str(tmp_path), tp_worker):
+        # Sharded by rows, by columns, a replicated DTensor bias, and plain (replicated) tensors: each counted once.
+        assert r["placements"] == ["(Shard(dim=0),)", "(Shard(dim=0),)", "(Shard(dim=1),)", "(Replicate(),)",
+                                   "plain", "plain"]
+        assert_matches_reference(r, 0)
+        assert_all_close(r["grads"], reference(0, clip=MAX_NORM)[1])
+        assert r["calls"] == [GATHER]
+
+
 # ---------------------------------------------------------------------------------------------------- one process
 def test_single_process_issues_no_collective(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not dist.is_initialized()
