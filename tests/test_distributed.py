@@ -121,22 +121,29 @@ def reference(step: int, *, clip: float | None = None, params: list[list[float]]
                 p.copy_(torch.tensor(v, dtype=p.dtype).view_as(p))
     backward(model, step, None)
     stats = reference_layer_stats(model)
+    for layer in gradwatch.layers.discover_layers(model):
+        param_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.params))
+        stats[layer.name] = (*stats[layer.name], param_norm)
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     return stats, [p.grad.flatten().tolist() for p in model.parameters()]
 
 
 def layer_dict(report: gradwatch.StepReport) -> dict[str, Any]:
-    return {name: [s.grad_norm, s.grad_max, s.nonfinite, s.numel] for name, s in report.layers.items()}
+    return {name: [s.grad_norm, s.grad_max, s.nonfinite, s.numel, s.param_norm] for name, s in report.layers.items()}
 
 
-def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e-5) -> None:
+def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e-5, *, logged: bool = True) -> None:
     ref, _ = reference(step, params=result.get("params"))
     assert sorted(result["layers"]) == NAMES  # no module. / _fsdp_wrapped_module. prefix
-    for name, (norm, mx, nonfinite, numel) in result["layers"].items():
+    for name, (norm, mx, nonfinite, numel, param_norm) in result["layers"].items():
         assert rel_close(norm, ref[name][0], rtol), (name, norm, ref[name][0])
         assert rel_close(mx, ref[name][1], rtol), (name, mx, ref[name][1])
         assert nonfinite is None
+        if logged:  # the parameter norms of the whole model, reduced in the same collective
+            assert rel_close(param_norm, ref[name][2], rtol), (name, param_norm, ref[name][2])
+        else:
+            assert param_norm is None
     numels = {name: sum(p.numel() for p in layer.params)
               for name, layer in zip(NAMES, gradwatch.layers.discover_layers(make_model()))}
     assert {n: v[3] for n, v in result["layers"].items()} == numels  # whole layers, not this rank's shard
@@ -234,7 +241,7 @@ def test_ddp_per_layer_norms_equal_the_single_process_reference(ddp_results: Any
     for r in results:
         assert r["kinds"] == ["ddp", "replicated"]
         assert_matches_reference(r["plain0"], 0)
-        assert_matches_reference(r["plain1"], 1)
+        assert_matches_reference(r["plain1"], 1, logged=False)
         for step in (0, 1, 3):
             assert_matches_reference(r["steps"][step], step)
 

@@ -148,6 +148,10 @@ class DistributedContext:
                 buckets[key].layer_of.append(li)
         self._buckets = list(buckets.values())
         self.home = self._buckets[0].device if self._buckets else torch.device("cpu")
+        # NCCL moves CUDA tensors only: partials of CPU-offloaded gradients travel through the current GPU.
+        self._comm_device: torch.device | None = None
+        if torch.distributed.get_backend() == "nccl" and self.home.type == "cpu":
+            self._comm_device = torch.device("cuda", torch.cuda.current_device())
 
     # ------------------------------------------------------------------ detection
     def _dtensor_piece(self, p: Any, name: str) -> _Piece:
@@ -321,6 +325,16 @@ class DistributedContext:
         ``all_reduce(MAX)`` instead.
         """
         dist = torch.distributed
+        if self._comm_device is not None:
+            out_sums, out_maxes = self._reduce_on(self._comm_device, sums, maxes)
+            # Intended host sync (CPU-offloaded gradients under NCCL only): the results come back to the CPU.
+            return out_sums.to(sums.device), out_maxes.to(maxes.device)
+        return self._reduce_on(None, sums, maxes)
+
+    def _reduce_on(self, device: torch.device | None, sums: Tensor, maxes: Tensor) -> tuple[Tensor, Tensor]:
+        dist = torch.distributed
+        if device is not None:
+            sums, maxes = sums.to(device), maxes.to(device)
         n_sums = sums.numel()
         if self.world_size * (n_sums + maxes.numel()) <= GATHER_LIMIT:
             payload = torch.cat([sums, maxes.to(sums.dtype)])
@@ -350,7 +364,7 @@ class DistributedContext:
             ConfigurationError: when the ranks' layer lists differ.
         """
         digest = zlib.crc32("\n".join(names).encode()) & 0x7FFFFFFF
-        mine = torch.tensor([digest, len(names)], dtype=torch.float64, device=self.home)
+        mine = torch.tensor([digest, len(names)], dtype=torch.float64, device=self._comm_device or self.home)
         both = torch.stack([mine, -mine])
         torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
         # Intended host sync, once per watcher: construction is not on the training step's path.
