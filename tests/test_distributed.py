@@ -461,7 +461,11 @@ def test_fsdp1_per_layer_norms_equal_the_reference_on_every_rank(fsdp1_results: 
 # ---------------------------------------------------------------------------------------------------- tensor parallel
 def tp_worker(rank: int, tmp: str) -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     mesh = init_device_mesh("cpu", (WORLD,))
     model = parallelize_module(make_model(), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})

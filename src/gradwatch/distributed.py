@@ -324,7 +324,6 @@ class DistributedContext:
         propagates through both the sum and the max. Above :data:`GATHER_LIMIT` values, an ``all_reduce(SUM)`` and an
         ``all_reduce(MAX)`` instead.
         """
-        dist = torch.distributed
         if self._comm_device is not None:
             out_sums, out_maxes = self._reduce_on(self._comm_device, sums, maxes)
             # Intended host sync (CPU-offloaded gradients under NCCL only): the results come back to the CPU.

@@ -281,9 +281,10 @@ class Watcher:
                 (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore the step, unless the
                 overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
                 symptoms (and ``on_nonfinite`` acts).
-            reduce_flag: not needed when ``torch.distributed`` is initialised (the statistics, hence the flags, are
-                already reduced across ranks: see :attr:`distributed`). Otherwise, combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
+            reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
                 other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` decide the same everywhere.
+                Not needed when ``torch.distributed`` is initialised: the statistics, hence the flags, are reduced
+                across ranks already (see :attr:`distributed`).
                 Called on every step where a decision is taken, on every process.
 
         Returns:
