@@ -110,3 +110,8 @@ def test_step_after_close_is_an_error(model):
     with pytest.raises(gradwatch.GradWatchError, match="closed"):
         watcher.step()
     watcher.close()  # idempotent
+
+
+def test_distributed_mode_is_validated(model):
+    with pytest.raises(gradwatch.ConfigurationError, match=r"distributed='on' is not valid; choose one of 'auto', 'off'"):
+        gradwatch.watch(model, distributed="on")

@@ -66,6 +66,8 @@ class ZScoreClip(Clipper):
     1.0
     """
 
+    supports_distributed = True  # clips from batch.total_norm alone, which is global under sharding
+
     def __init__(
         self,
         *,
@@ -188,6 +190,8 @@ class PercentileClip(Clipper):
     >>> float(result.threshold), float(model.weight.grad)  # median of 1, 2, 3, 10
     (2.5, 2.5)
     """
+
+    supports_distributed = True  # clips from batch.total_norm alone, which is global under sharding
 
     def __init__(self, percentile: float = 10.0, *, window: int = 1000) -> None:
         self.percentile = check_number("percentile", percentile, positive=True, at_most=100.0)

@@ -43,6 +43,10 @@ class Clipper(ABC):
     :meth:`load_state_dict`, keeping it as tensors on the gradients' device so that no step needs a host sync.
     """
 
+    #: Whether the clipper is correct with sharded gradients (FSDP, tensor parallel): it must clip from
+    #: ``GradBatch.total_norm`` (global) or combine partials with ``GradBatch.reduce``.
+    supports_distributed: bool = False
+
     @abstractmethod
     def clip(self, batch: GradBatch) -> ClipResult:
         """Rescale ``batch``'s gradients in place and say what was done."""

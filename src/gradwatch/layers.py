@@ -17,6 +17,10 @@ __all__ = ["ROOT_LAYER", "Layer", "discover_layers", "unwrap_model"]
 #: (for example a positional-embedding ``nn.Parameter`` assigned in ``__init__``).
 ROOT_LAYER = "__root__"
 
+#: Name segments that wrappers insert inside a model (FSDP1 units, activation checkpointing, a compiled submodule):
+#: dropped from layer names, so that names are those of the unwrapped model.
+_WRAPPER_SEGMENTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -72,7 +76,8 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
             seen.add(id(p))
             own.append(p)
         if own:
-            layers.append(Layer(name=name or ROOT_LAYER, kind=type(module).__name__, params=tuple(own)))
+            name = ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS) if name else name
+            layers.append(Layer(name=name or ROOT_LAYER, kind=_kind(module), params=tuple(own)))
     if not layers:
         raise ConfigurationError(f"{type(model).__name__} has no parameters: there is nothing for gradwatch to watch.")
     if patterns is None:
@@ -89,6 +94,14 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
                 f"layers pattern {pattern!r} matches no layer of {type(model).__name__}; its layers are: {names}."
             )
     return [layer for layer in layers if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
+
+
+def _kind(module: nn.Module) -> str:
+    """The module's class name; FSDP2's ``fully_shard`` subclasses (``FSDPLinear``) give their original's."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed.fsdp"):
+            return cls.__name__
+    return type(module).__name__  # pragma: no cover
 
 
 def is_floating(t: torch.Tensor) -> bool:

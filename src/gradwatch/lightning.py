@@ -51,6 +51,26 @@ def clip_conflict(gradient_clip_val: float | None, clip: Clipper | None) -> str 
             "(gradwatch then still records the norms before it).")
 
 
+#: Lightning strategies refused at setup: their gradients are not the module's ``.grad`` (ZeRO partitions them).
+_UNSUPPORTED_STRATEGIES = ("DeepSpeedStrategy",)
+
+
+def unsupported_strategy(strategy: Any) -> str | None:
+    """The error message for a strategy whose gradients gradwatch cannot measure, else ``None``.
+
+    >>> unsupported_strategy(object()) is None
+    True
+    """
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    for name in _UNSUPPORTED_STRATEGIES:
+        if name in names:
+            return (f"GradWatchCallback does not support {type(strategy).__name__}: DeepSpeed ZeRO partitions the "
+                    "gradients outside the parameters' .grad, so per-layer norms would be silently wrong. Use "
+                    "strategy='ddp', FSDPStrategy (use_orig_params=True, the default) or ModelParallelStrategy "
+                    "(FSDP2 / tensor parallel), or remove the callback.")
+    return None
+
+
 def engine_action(on_nonfinite: OnNonFinite) -> NonFiniteAction:
     """The watcher's action for the callback's: ``"stop"`` skips the bad step (the callback then stops ``fit``).
 
@@ -175,10 +195,14 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         message = clip_conflict(trainer.gradient_clip_val, self.clip)
         if message is not None:
             raise ConfigurationError(message)
+        message = unsupported_strategy(trainer.strategy)
+        if message is not None:
+            raise ConfigurationError(message)
         self._close()
-        if any(True for _ in pl_module.parameters()):
+        if trainer.world_size == 1 and any(True for _ in pl_module.parameters()):
             self._build(trainer, pl_module)
-        # else: the layers are created in configure_model(), after setup: the watcher is built in on_fit_start.
+        # else: the layers are created in configure_model(), after setup, or the strategy wraps (DDP) or shards
+        # (FSDP, ModelParallel) the model after setup: the watcher is built in on_fit_start.
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -190,8 +214,11 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         sinks: list[Sink] = []
         if self._rank_zero:  # other ranks compute and decide, but never write
             sinks = sinks_for_loggers(trainer.loggers) + self.sinks
+        # Several processes: the strategy's wrapper (DDP, FSDP) tells gradwatch how the gradients are held; the layer
+        # names are the LightningModule's either way (wrapper prefixes are dropped).
+        model = trainer.strategy.model if trainer.world_size > 1 and trainer.strategy.model is not None else pl_module
         self.watcher = Watcher(
-            pl_module, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
+            model, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
             thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
             layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard, **self._hooks)
         self.watcher.amp_overflow_patience = self.amp_overflow_patience
@@ -219,7 +246,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             scale = scaler.get_scale()  # Intended host sync: scaler.step() syncs on its Inf flags right after anyway.
             if loss is not None:
                 loss = loss / scale  # the hook saw the scaled loss
-        reduce = _any_rank(trainer) if trainer.world_size > 1 else None
+        # With a process group the watcher reduces its statistics across ranks: its decisions are agreed already.
+        reduce = _any_rank(trainer) if trainer.world_size > 1 and watcher.distributed is None else None
         with warnings.catch_warnings():
             if not self._rank_zero:  # one warning per run, not one per rank
                 warnings.simplefilter("ignore", GradWatchWarning)

@@ -7,14 +7,18 @@ packed vector to the host, once per logged step.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .layers import Layer
+
+if TYPE_CHECKING:
+    from .distributed import DistributedContext
 
 __all__ = ["GradBatch", "GradGroup", "StatsEngine"]
 
@@ -35,6 +39,9 @@ class GradGroup:
         grads: their gradients (the live ``.grad`` tensors: clipping them in place clips the model's gradients).
         layer_index: index of each tensor's layer, a long tensor on ``device``.
         tensor_norms: per-tensor L2 norm (float32 or float64) on ``device``.
+        weight: with several processes, the inverse of how many ranks hold these same pieces (1.0: each piece is on
+            one rank, or one process; 1/world: replicated, as under DDP). ``grads`` and ``tensor_norms`` are then
+            this rank's local pieces (DTensor ``to_local()``, FSDP1 shard views).
     """
 
     device: torch.device
@@ -43,6 +50,7 @@ class GradGroup:
     grads: list[Tensor]
     layer_index: Tensor
     tensor_norms: Tensor
+    weight: float = 1.0
 
 
 @dataclass
@@ -54,12 +62,15 @@ class GradBatch:
         layer_names: names of the watched layers; ``layer_index`` in each group indexes this list.
         total_norm: global L2 norm over every present gradient, a 0-d float tensor on ``home``.
         home: the device holding the aggregated results.
+        reduce: with several processes, sums a 1-d tensor over every rank (one collective); ``None`` in one process.
+            ``total_norm`` is already the global norm; a clipper that measures anything else must reduce it.
     """
 
     groups: list[GradGroup]
     layer_names: Sequence[str]
     total_norm: Tensor
     home: torch.device
+    reduce: Callable[[Tensor], Tensor] | None = None
 
     def recompute_total_norm(self) -> Tensor:
         """Global L2 norm of the gradients as they are now (after a clipper changed them)."""
@@ -67,7 +78,10 @@ class GradBatch:
         total = torch.zeros((), dtype=acc, device=self.home)
         for g in self.groups:
             norms = _foreach_norms(g.grads, g.dtype)
-            total = total + norms.to(self.home, acc, non_blocking=True).square().sum()
+            sq = norms.to(self.home, acc, non_blocking=True).square().sum()
+            total = total + (sq if g.weight == 1.0 else sq * g.weight)
+        if self.reduce is not None:  # several processes: one collective (gradwatch.distributed)
+            total = self.reduce(total.reshape(1)).reshape(())
         return total.sqrt()
 
 
@@ -126,6 +140,7 @@ class DeviceStats:
     has_grad: list[bool]  # host-known: which layers had at least one gradient
     numel: list[int]  # host-known: gradient entries per layer
     batch: GradBatch
+    param_norm: Tensor | None = None  # (L,) when compute(with_params=True) measured them (several processes)
 
 
 def _foreach_norms(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
@@ -233,7 +248,8 @@ class StatsEngine:
     with ``.to()`` after ``watch`` is regrouped).
     """
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer], *, dist: DistributedContext | None = None) -> None:
+        self._dist = dist  # several processes: gradwatch.distributed computes and reduces; None: this module alone
         self.layer_names = [layer.name for layer in layers]
         self._layers = list(layers)
         self._numel = [[p.numel() for p in layer.params] for layer in layers]
@@ -282,8 +298,15 @@ class StatsEngine:
     def home(self) -> torch.device:
         return self._home
 
-    def compute(self) -> DeviceStats:
-        """Reduce this step's gradients to per-layer statistics, without any host synchronisation."""
+    def compute(self, *, with_params: bool = False) -> DeviceStats:
+        """Reduce this step's gradients to per-layer statistics, without any host synchronisation.
+
+        With several processes the statistics are reduced across ranks (one collective); ``with_params`` then also
+        measures the parameter norms in the same collective (``DeviceStats.param_norm``). In one process it is
+        ignored: :meth:`param_norms` measures them.
+        """
+        if self._dist is not None:
+            return self._dist.compute(self.layer_names, with_params=with_params)
         if self._stale():
             self._regroup()
         home = self._home
@@ -344,6 +367,8 @@ class StatsEngine:
 
     def param_norms(self) -> Tensor:
         """Per-layer L2 norm of the parameters, on ``home``: one flat reduction or fused norm per bucket."""
+        if self._dist is not None:
+            return self._dist.param_norms(len(self.layer_names))
         home = self._home
         acc = accumulate_dtype(home)
         out = torch.zeros(len(self.layer_names), dtype=acc, device=home)

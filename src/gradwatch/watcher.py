@@ -28,6 +28,7 @@ from ._validate import check_choice, check_int
 from .advice import ModelTraits
 from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
+from .distributed import DistributedContext, detect
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import SymptomHistory
 from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
@@ -44,6 +45,7 @@ logger = logging.getLogger("gradwatch")
 
 NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
 SpikeAction = Literal["warn", "skip", "ignore"]
+DistributedMode = Literal["auto", "off"]
 SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
 
 
@@ -204,6 +206,7 @@ class Watcher:
         activations: bool | str | Sequence[str] = False,
         activation_every_n_steps: int | None = None,
         nan_origin: NanOrigin | None = None,
+        distributed: DistributedMode = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
@@ -230,7 +233,16 @@ class Watcher:
         self._layers: list[Layer] = discover_layers(model, layers)
         self.layer_names: list[str] = [layer.name for layer in self._layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
-        self._engine = StatsEngine(self._layers)
+        # Several processes (gradwatch.distributed): statistics reduced across ranks, rank zero writes alone.
+        check_choice("distributed", distributed, get_args(DistributedMode))
+        # None in one process (no cost), or when the caller watches this process's gradients alone.
+        self._dist: DistributedContext | None = detect(model, self._layers) if distributed == "auto" else None
+        if self._dist is not None:
+            self._dist.check_config(clipper=self.clipper, histograms=histogram_every_n_steps is not None)
+            self._dist.agree_on_layers(self.layer_names)
+            if self._dist.rank != 0:
+                sinks, log_dir, writer = [], None, None
+        self._engine = StatsEngine(self._layers, dist=self._dist)
         self._tags = _layer_tags(self.layer_names)  # made once: formatting them every logged step is not free
         self._dashboard = DashboardLogger(self._layers, histogram_every_n_steps=histogram_every_n_steps,
                                           histograms=histograms, figure_every_n_steps=figure_every_n_steps)
@@ -269,6 +281,11 @@ class Watcher:
         return self._model_ref()
 
     @property
+    def distributed(self) -> DistributedContext | None:
+        """The cross-rank context when ``torch.distributed`` runs several processes, else ``None``."""
+        return self._dist
+
+    @property
     def log_dir(self) -> str | None:
         for s in self.sinks:
             if isinstance(s, TensorBoardSink):
@@ -298,7 +315,8 @@ class Watcher:
                 symptoms (and ``on_nonfinite`` acts).
             reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
                 other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` (and ``on_spike="skip"``)
-                decide the same everywhere.
+                decide the same everywhere. Not needed when ``torch.distributed`` is initialised: the statistics, hence
+                the flags, are reduced across ranks already (see :attr:`distributed`).
                 Called on every step where a decision is taken, on every process.
 
         Returns:
@@ -314,7 +332,7 @@ class Watcher:
         step = self._step
         logged = step % self.every_n_steps == 0
         self._collect_ready()
-        dev = self._engine.compute()
+        dev = self._engine.compute(with_params=logged)
         record = _Record(step=step, logged=logged, packed=None, has_grad=dev.has_grad, numel=dev.numel,
                          extra_tags=[], extra_values={})
         tail = self._dashboard.device_part(step, self._layers, dev.total_norm.device, dev.total_norm.dtype)
@@ -363,7 +381,7 @@ class Watcher:
         parts = [dev.layer_sumsq, dev.layer_max, dev.nonfinite, dev.total_norm.reshape(1),
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
-            parts.append(self._engine.param_norms())
+            parts.append(dev.param_norm if dev.param_norm is not None else self._engine.param_norms())
         if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
             parts.append(tail)
             record.tail_len = tail.numel()
@@ -600,6 +618,8 @@ class Watcher:
         self._announce(r.step, symptoms, onsets)
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
+        if self._dist is not None and self._dist.rank != 0:
+            return  # one warning per job, not one per rank
         nonfinite = [s for s in symptoms if s.kind == "nonfinite"]
         spikes = [s for s in symptoms if s.kind == "spike"] if self.on_spike != "ignore" else []
         for s in spikes:
@@ -704,6 +724,7 @@ def watch(
     activations: bool | str | Sequence[str] = False,
     activation_every_n_steps: int | None = None,
     nan_origin: NanOrigin | None = None,
+    distributed: DistributedMode = "auto",
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -739,6 +760,10 @@ def watch(
             ``"sampled"`` (on the sampled steps) or ``"every_step"`` (hooks on every step: costs about as much as
             activations every step, still far less than ``detect_anomaly``). Default: ``"sampled"`` with activations
             on, ``"off"`` without.
+        distributed: ``"auto"`` (default): when ``torch.distributed`` runs several processes, statistics are combined
+            across ranks (one collective per step), decisions agree, and only global rank zero writes; creating the
+            watcher is then collective (every rank must call ``watch``). ``"off"``: this process's gradients alone, as
+            in a single process (for a model watched on one rank only; wrong numbers for sharded gradients).
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.
@@ -762,4 +787,4 @@ def watch(
                    clip=clip, on_nonfinite=on_nonfinite, layers=layers, sinks=sinks, on_spike=on_spike,
                    histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
                    figure_every_n_steps=figure_every_n_steps, activations=activations,
-                   activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin)
+                   activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin, distributed=distributed)
