@@ -9,6 +9,7 @@ smoke tests (tests/test_clipping_example.py, tests/test_lightning.py).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -85,7 +86,7 @@ def test_glorot_profiles_shrink_toward_the_input_under_standard_init_and_stay_le
     out = load("glorot_init").main(["--steps", "10", "--log-dir", str(tmp_path), "--figure", str(tmp_path / "f.png")])
     standard, normalised = out["standard"]["backprop"], out["normalised"]["backprop"]
     assert len(standard) == len(normalised) == 5
-    assert all(a < b for a, b in zip(standard, standard[1:])), standard  # fc1 (input side) smallest
+    assert all(a < b for a, b in itertools.pairwise(standard)), standard  # fc1 (input side) smallest
     assert max(standard) / min(standard) > 4
     assert max(normalised) / min(normalised) < 2, normalised
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
