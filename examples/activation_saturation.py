@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ CASES = {
 }
 
 
-def run(label: str, model: nn.Module, steps: int, log_dir: str | None) -> None:
+def run(label: str, model: nn.Module, steps: int, log_dir: str | None) -> list:
     g = torch.Generator().manual_seed(0)
     teacher = torch.randn(16, 1, generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -78,17 +79,18 @@ def run(label: str, model: nn.Module, steps: int, log_dir: str | None) -> None:
             first = next(s for s in summaries if s.kind == kind)
             print(f"{kind}: {len(layers)} module(s), {', '.join(layers[:6])}{' ...' if len(layers) > 6 else ''}")
             print(f"  {first.message}")
+    return summaries
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, list]:
+    """Run every case; return each case's symptom summaries (``SymptomSummary`` list) by label."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)  # vanishing needs 50 steps in a row
     parser.add_argument("--log-dir", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     logging.getLogger("gradwatch").setLevel(logging.ERROR)  # the summaries below say it once per case
-    for label, make in CASES.items():
-        run(label, make(), args.steps, args.log_dir)
+    return {label: run(label, make(), args.steps, args.log_dir) for label, make in CASES.items()}
 
 
 if __name__ == "__main__":

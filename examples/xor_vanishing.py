@@ -9,6 +9,7 @@ almost no gradient; the residual stack learns XOR. gradwatch says which layers s
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,16 +36,17 @@ def train(residual: bool, steps: int, log_dir: str) -> gradwatch.Watcher:
     return watcher
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, gradwatch.Watcher]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--log-dir", default="runs/xor")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     plain = train(False, args.steps, f"{args.log_dir}/plain")
     residual = train(True, args.steps, f"{args.log_dir}/residual")
     print("vanishing (plain):   ", plain.history.layers("vanishing"))
     print("vanishing (residual):", residual.history.layers("vanishing"))
     print(f"tensorboard --logdir {args.log_dir}")
+    return {"plain": plain, "residual": residual}
 
 
 if __name__ == "__main__":

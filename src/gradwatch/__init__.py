@@ -21,6 +21,7 @@ from .thresholds import Thresholds
 from .watcher import GradWatchWarning, StepReport, Watcher, watch
 
 __version__ = "0.1.0"
+"""The installed version of gradwatch."""
 
 __all__ = [
     "ROOT_LAYER",

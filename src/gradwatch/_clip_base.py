@@ -27,6 +27,10 @@ class ClipResult:
         active_frac: for per-unit rules (:class:`~gradwatch.clipping.AGC`, :class:`~gradwatch.clipping.LayerNormClip`),
             the fraction of units whose gradient was rescaled this step.
         clipped: whether any gradient was changed this step (a boolean tensor, or a bool).
+
+    Examples:
+        >>> ClipResult(threshold=1.0, coef=0.5, clipped=True).coef
+        0.5
     """
 
     clipped_norm: Tensor | None = None
@@ -41,6 +45,22 @@ class Clipper(ABC):
 
     Subclasses implement :meth:`clip`. Those that keep state override :meth:`state_dict` and
     :meth:`load_state_dict`, keeping it as tensors on the gradients' device so that no step needs a host sync.
+
+    Examples:
+        A clipper that halves every gradient (``batch.groups`` holds the gradients by device and dtype):
+
+        >>> import torch, gradwatch
+        >>> class Halve(Clipper):
+        ...     def clip(self, batch):
+        ...         for group in batch.groups:
+        ...             torch._foreach_mul_(group.grads, 0.5)
+        ...         return ClipResult(coef=0.5, clipped=True)  # clipped_norm=None: the watcher measures it
+        >>> model = torch.nn.Linear(3, 1)
+        >>> model(torch.ones(2, 3)).sum().backward()
+        >>> with gradwatch.watch(model, clip=Halve()) as watcher:
+        ...     report = watcher.step()
+        >>> round(report.global_norm, 3), round(report.clipped_norm, 3)
+        (4.0, 2.0)
     """
 
     #: Whether the clipper is correct with sharded gradients (FSDP, tensor parallel): it must clip from

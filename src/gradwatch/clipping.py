@@ -124,7 +124,14 @@ def _total_norm(batch: GradBatch, norm_type: float) -> Tensor:
 
 
 def as_clipper(clip: float | Clipper | None) -> Clipper | None:
-    """Turn ``watch(clip=...)`` into a clipper: ``None``, a float (global L2 max norm) or a :class:`Clipper`."""
+    """Turn ``watch(clip=...)`` into a clipper: ``None``, a float (global L2 max norm) or a :class:`Clipper`.
+
+    Examples:
+        >>> as_clipper(1.0)
+        NormClip(max_norm=1.0, norm_type=2.0)
+        >>> as_clipper(None) is None
+        True
+    """
     if clip is None or isinstance(clip, Clipper):
         return clip
     if isinstance(clip, bool) or not isinstance(clip, (int, float)):

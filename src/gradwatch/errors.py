@@ -6,13 +6,30 @@ __all__ = ["ConfigurationError", "GradWatchError", "NonFiniteGradientError"]
 
 
 class GradWatchError(Exception):
-    """Base class of every error gradwatch raises on purpose."""
+    """Base class of every error gradwatch raises on purpose.
+
+    Examples:
+        >>> import gradwatch
+        >>> try:
+        ...     gradwatch.Thresholds(vanishing_patience=0)
+        ... except gradwatch.GradWatchError as error:
+        ...     print(type(error).__name__)
+        ConfigurationError
+    """
 
 
 class ConfigurationError(GradWatchError, ValueError):
     """An argument given to gradwatch is invalid; raised at construction time.
 
     It is also a :class:`ValueError`, so ``except ValueError`` keeps working.
+
+    Examples:
+        >>> import torch, gradwatch
+        >>> try:
+        ...     gradwatch.watch(torch.nn.Linear(2, 1), on_nonfinite="explode")
+        ... except gradwatch.ConfigurationError as error:
+        ...     print("'explode'" in str(error), isinstance(error, ValueError))
+        True True
     """
 
 
@@ -22,6 +39,17 @@ class NonFiniteGradientError(GradWatchError, FloatingPointError):
     Attributes:
         step: the step at which the non-finite gradient was seen.
         layers: mapping of layer name to ``"nan"`` or ``"inf"``.
+
+    Examples:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> model(torch.tensor([[1.0, float("nan")]])).sum().backward()
+        >>> try:
+        ...     with gradwatch.watch(model, on_nonfinite="raise") as watcher:
+        ...         watcher.step()
+        ... except gradwatch.NonFiniteGradientError as error:
+        ...     print(error.step, error.layers)
+        0 {'__root__': 'nan'}
     """
 
     def __init__(self, message: str, *, step: int, layers: dict[str, str]) -> None:

@@ -43,8 +43,10 @@ __all__ = ["ACTIVATION_KINDS", "ActivationProbe", "NanOrigin"]
 
 #: ``"off"``; ``"sampled"``: on the steps that sample activations; ``"every_step"``: on every step.
 NanOrigin = Literal["off", "sampled", "every_step"]
+"""When to record the NaN-origin flags: ``"off"``, ``"sampled"`` (on sampled steps) or ``"every_step"``."""
 #: Symptom kinds the probe adds.
 ACTIVATION_KINDS: tuple[str, ...] = ("saturated", "dead")
+"""Symptom kinds the probe adds: ``("saturated", "dead")``."""
 _MAX_CALLS = 100_000  # forward calls recorded between two steps; the first ones are those that matter for the origin
 
 

@@ -16,6 +16,7 @@ __all__ = ["ROOT_LAYER", "Layer", "discover_layers", "unwrap_model"]
 #: Name of the layer formed by parameters that the root module owns directly
 #: (for example a positional-embedding ``nn.Parameter`` assigned in ``__init__``).
 ROOT_LAYER = "__root__"
+"""Name of the layer formed by the parameters the root module owns directly (``"__root__"``)."""
 
 #: Name segments that wrappers insert inside a model (FSDP1 units, activation checkpointing, a compiled submodule):
 #: dropped from layer names, so that names are those of the unwrapped model.

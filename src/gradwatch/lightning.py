@@ -35,6 +35,7 @@ __all__ = ["GradWatchCallback", "LoggerSink", "OnNonFinite"]
 
 #: ``on_nonfinite`` choices of the callback: the watcher's, plus ``"stop"`` (skip the step, then end ``fit``).
 OnNonFinite = Literal["warn", "raise", "skip", "stop", "ignore"]
+"""``on_nonfinite`` choices of the callback: the watcher's, plus ``"stop"`` (skip the step, then end ``fit``)."""
 
 
 def clip_conflict(gradient_clip_val: float | None, clip: Clipper | None) -> str | None:

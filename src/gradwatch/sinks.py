@@ -13,6 +13,7 @@ __all__ = ["ALERTS_TAG", "MemorySink", "Sink", "TensorBoardSink", "alerts_markdo
 
 #: TensorBoard text tag under which every alert is written.
 ALERTS_TAG = "gradwatch/alerts"
+"""TensorBoard text tag under which every alert is written."""
 
 
 @runtime_checkable
@@ -22,6 +23,22 @@ class Sink(Protocol):
     Optional methods, called only on sinks that define them (see :mod:`gradwatch.dashboard`):
     ``write_run_info(step, info: RunInfo)`` once per run, ``write_histograms(step, {tag: Histogram})`` on histogram
     steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps.
+
+    Examples:
+        >>> import torch, gradwatch
+        >>> class PrintGlobalNorm:  # any object with these four methods is a Sink
+        ...     def write_scalars(self, step, scalars):
+        ...         print(step, round(scalars["gradwatch/global/grad_norm"], 3))
+        ...     def write_alerts(self, step, symptoms): pass
+        ...     def flush(self): pass
+        ...     def close(self): pass
+        >>> isinstance(PrintGlobalNorm(), Sink)
+        True
+        >>> model = torch.nn.Linear(3, 1)
+        >>> model(torch.ones(2, 3)).sum().backward()
+        >>> with gradwatch.watch(model, sinks=[PrintGlobalNorm()]) as watcher:
+        ...     _ = watcher.step()
+        0 4.0
     """
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -89,7 +106,13 @@ class MemorySink:
 
 
 def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
-    """One markdown list item per symptom, for TensorBoard's text dashboard."""
+    """One markdown list item per symptom, for TensorBoard's text dashboard.
+
+    Examples:
+        >>> from gradwatch import Symptom
+        >>> print(alerts_markdown([Symptom("nonfinite", "fc", 7, float("nan"), 0.0, "error", "NaN in 'fc'.")]))
+        - **nonfinite** (error) at `fc`, step 7: NaN in 'fc'.
+    """
     lines = []
     for s in symptoms:
         where = f"`{s.layer}`" if s.layer else "model"
@@ -106,6 +129,18 @@ class TensorBoardSink:
     Args:
         log_dir: directory for a new writer (created by this sink, closed by :meth:`close`).
         writer: an existing ``SummaryWriter`` (or any object with ``add_scalar`` and ``add_text``).
+
+    Examples:
+        >>> import tempfile
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> log_dir = tempfile.mkdtemp()
+        >>> sink = TensorBoardSink(log_dir=log_dir)  # watch(model, log_dir=...) makes one for you
+        >>> sink.write_scalars(0, {"gradwatch/global/grad_norm": 1.5})
+        >>> sink.close()
+        >>> events = EventAccumulator(log_dir)
+        >>> _ = events.Reload()
+        >>> [(e.step, e.value) for e in events.Scalars("gradwatch/global/grad_norm")]
+        [(0, 1.5)]
     """
 
     def __init__(self, *, log_dir: str | os.PathLike[str] | None = None, writer: Any = None) -> None:

@@ -50,7 +50,18 @@ SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike"
 
 
 class GradWatchWarning(UserWarning):
-    """Warning category of gradwatch (non-finite gradients under ``on_nonfinite="warn"``)."""
+    """Warning category of gradwatch (non-finite gradients under ``on_nonfinite="warn"``).
+
+    Examples:
+        >>> import warnings, torch, gradwatch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> model(torch.tensor([[1.0, float("inf")]])).sum().backward()
+        >>> with warnings.catch_warnings(record=True) as caught, gradwatch.watch(model) as watcher:
+        ...     warnings.simplefilter("always")
+        ...     _ = watcher.step()
+        >>> [w.category.__name__ for w in caught]
+        ['GradWatchWarning']
+    """
 
 
 @dataclass
@@ -93,6 +104,15 @@ class StepReport:
         step: the step number (0-based count of ``watcher.step()`` calls).
         skipped: ``True`` when ``on_nonfinite="skip"`` or ``on_spike="skip"`` dropped this step's gradients.
         logged: whether this was a logging step (``every_n_steps``).
+
+    Examples:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Linear(3, 1)
+        >>> model(torch.ones(2, 3)).sum().backward()
+        >>> with gradwatch.watch(model) as watcher:
+        ...     report = watcher.step()
+        >>> report.step, report.skipped, round(report.global_norm, 3), report.symptoms
+        (0, False, 4.0, [])
     """
 
     __slots__ = ("_record", "_resolve")
@@ -185,6 +205,20 @@ class Watcher:
 
     Call :meth:`step` once per optimizer step, after ``backward()`` (and after ``scaler.unscale_(optimizer)`` under
     AMP), before ``optimizer.step()``.
+
+    Examples:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> watcher = gradwatch.watch(model)
+        >>> for _ in range(3):
+        ...     model(torch.randn(8, 3)).pow(2).mean().backward()
+        ...     report = watcher.step()
+        ...     model.zero_grad()
+        >>> watcher.steps_taken, list(report.layers)
+        (3, ['0', '2'])
+        >>> print(watcher.summary())
+        gradwatch: no symptoms.
+        >>> watcher.close()
     """
 
     def __init__(
