@@ -3,8 +3,10 @@
 The task: read a sequence of 100 numbers and output the mean of the first 10 (the answer lies 90 steps back in time).
 The tanh RNN's recurrent matrix starts in the chaotic regime (spectral radius ~4), so backpropagation through time
 multiplies the gradient by large Jacobians: the global gradient norm explodes and plain SGD throws the weights away.
-``GradWatchCallback(clip=1.0)`` clips in ``on_before_optimizer_step``, after recording the unclipped norms, so the
-dashboards still show the explosion while the weights stay finite.
+``GradWatchCallback(clip=1.0)`` clips in ``on_before_optimizer_step``, after recording the unclipped norms: the
+dashboards still show the explosion (``gradwatch/global/grad_norm`` beside ``gradwatch/global/grad_norm_clipped``),
+the weights stay finite, and the ``exploding`` rule, which judges the gradient the optimizer receives, stays quiet; the
+summary at the end of fit says how often clipping acted.
 
     python examples/lightning_rnn_clipping.py [--steps 150] [--log-dir runs/rnn]
     tensorboard --logdir runs/rnn    # gradwatch/global/grad_norm, gradwatch/grad_norm/<layer>, gradwatch/alerts

@@ -12,12 +12,12 @@ from gradwatch.rules import HostStats, RuleState, evaluate
 NAMES = ["l0", "l1", "l2", "l3"]
 
 
-def _stats(step, norms, *, numel=(100, 100, 100, 100), nonfinite=(0, 0, 0, 0), has_grad=(True,) * 4):
+def _stats(step, norms, *, numel=(100, 100, 100, 100), nonfinite=(0, 0, 0, 0), has_grad=(True,) * 4, clipped=None):
     norms = np.asarray(norms, dtype=float)
-    finite = norms[np.isfinite(norms)]
+    global_norm = float(np.sqrt((norms ** 2).sum()))
     return HostStats(step=step, names=NAMES, grad_norm=norms, grad_max=norms / 2, nonfinite=np.asarray(nonfinite),
-                     has_grad=np.asarray(has_grad), numel=np.asarray(numel), global_norm=float(np.sqrt((norms ** 2).sum())),
-                     clipped_norm=float(np.sqrt((finite ** 2).sum())))
+                     has_grad=np.asarray(has_grad), numel=np.asarray(numel), global_norm=global_norm,
+                     clipped_norm=global_norm if clipped is None else clipped)  # no clipper: the same norm
 
 
 def _run(sequence, th):
@@ -80,6 +80,31 @@ def test_overflowed_finite_gradients_count_as_exploding_not_nonfinite():
     th = Thresholds()
     out = _run([{"norms": [1.0, math.inf, 1.0, 1.0]}], th)
     assert [s.kind for s in out[0][0]] == ["exploding", "exploding"]
+
+
+def test_a_clipper_that_contains_the_blow_up_silences_the_ceiling():
+    th = Thresholds(exploding_norm=100.0)
+    # raw global norm ~158; the clipper brought it down to 1.0: the optimizer never sees the explosion
+    out = _run([{"norms": [1.0, 1.0, 150.0, 50.0], "clipped": 1.0}], th)
+    assert [s for s in out[0][0] if s.kind == "exploding"] == []
+
+
+def test_a_clipper_set_above_the_ceiling_still_fires_on_the_clipped_norm_naming_the_culprits():
+    th = Thresholds(exploding_norm=100.0)
+    out = _run([{"norms": [1.0, 1.0, 300.0, 400.0], "clipped": 200.0}], th)  # raw 500, clipped to 200
+    flagged = [s for s in out[0][0] if s.kind == "exploding"]
+    assert [(s.layer, s.value) for s in flagged] == [(None, 200.0), ("l2", 300.0), ("l3", 400.0)]
+    assert "200 after clipping (before: 500)" in flagged[0].message
+    assert "lower clipping threshold" in flagged[0].message and "before clipping" in flagged[1].message
+
+
+def test_the_jump_baseline_follows_the_clipped_norm():
+    th = Thresholds(jump_warmup=3, jump_factor=10.0)
+    calm = {"norms": [0.5] * 4, "clipped": 1.0}  # raw 1.0, clipped to 1.0 (not acting)
+    held = {"norms": [60.0] * 4, "clipped": 1.0}  # raw 120, clipped to 1.0: no jump for the optimizer
+    free = {"norms": [60.0] * 4}  # no clipper: a 120x jump
+    assert not any(s for s, _ in _run([calm] * 5 + [held], th))
+    assert [s.kind for s in _run([calm] * 5 + [free], th)[-1][0]] == ["exploding"]
 
 
 def test_jump_after_warmup_against_the_running_baseline():

@@ -57,10 +57,15 @@ class ModelTraits:
         tries.append("He (ReLU) or Xavier (tanh/sigmoid) initialisation")
         return f"Likely cause: {'; '.join(causes)}. Try {', '.join(tries)}."
 
-    def exploding_advice(self) -> str:
+    def exploding_advice(self, clipping: bool = False) -> str:
+        """``clipping``: a clipper acted on this step and the clipped norm is still over the ceiling."""
         cause = ("recurrent weights whose repeated product grows over long sequences"
                  if self.vanilla_rnn else "a learning rate too large for this point of training, or a bad batch")
-        tries = ["gradient clipping (watch(..., clip=1.0))", "a lower learning rate or a warm-up"]
+        if clipping:
+            tries = ["a lower clipping threshold (max_norm under the exploding ceiling)",
+                     "a lower learning rate or a warm-up"]
+        else:
+            tries = ["gradient clipping (watch(..., clip=1.0))", "a lower learning rate or a warm-up"]
         if self.vanilla_rnn:
             tries.insert(1, "an LSTM or GRU")
         if not self.normalization:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .symptoms import Symptom
 
-__all__ = ["SymptomHistory", "SymptomSummary"]
+__all__ = ["ClipTally", "SymptomHistory", "SymptomSummary"]
 
 
 @dataclass
@@ -71,3 +71,41 @@ class SymptomHistory:
         lines = ["gradwatch: symptoms by kind and layer", f"{'kind':<10} {'layer':<30} {'count':>7}  steps"]
         lines += [str(e) for e in sorted(self._by_key.values(), key=lambda e: (e.kind, e.first_step))]
         return "\n".join(lines)
+
+
+@dataclass
+class ClipTally:
+    """How often the watcher's clipper acted, and the largest norm it held back: a contained explosion is silent in
+    the rules (they judge the clipped norm), so the summary says what clipping hid.
+
+    Examples:
+        >>> t = ClipTally()
+        >>> t.add(0, 250.0, 1.0); t.add(1, 0.5, 0.5)
+        >>> print(t)
+        clipping: active on 1 of 2 steps; the norm before clipping reached 250 (step 0)
+    """
+
+    steps: int = 0
+    active: int = 0
+    max_norm: float = 0.0
+    max_step: int = -1
+
+    def add(self, step: int, norm: float, clipped_norm: float) -> None:
+        self.steps += 1
+        if clipped_norm < norm * (1 - 1e-6):
+            self.active += 1
+            if not norm <= self.max_norm:  # also takes an infinite or NaN norm
+                self.max_norm, self.max_step = norm, step
+
+    def __str__(self) -> str:
+        text = f"clipping: active on {self.active} of {self.steps} steps"
+        if self.active:
+            text += f"; the norm before clipping reached {self.max_norm:.3g} (step {self.max_step})"
+        return text
+
+    def state_dict(self) -> dict[str, float]:
+        return {"steps": self.steps, "active": self.active, "max_norm": self.max_norm, "max_step": self.max_step}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.steps, self.active = int(state["steps"]), int(state["active"])
+        self.max_norm, self.max_step = float(state["max_norm"]), int(state["max_step"])

@@ -164,29 +164,37 @@ def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, st
 
 
 def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
-    g = stats.global_norm
-    if math.isnan(g) or stats.nonfinite.any():
+    """The ceiling and the jump judge the gradient the optimizer receives: the norm after the watcher's clipper
+    (``clipped_norm``, which is the raw norm without one). A clipper that contains a blow-up silences the rule; the
+    spike rule still sees the raw norm, and TensorBoard keeps both. Layers named are those over the ceiling before
+    clipping: the culprits."""
+    raw = stats.global_norm
+    if math.isnan(raw) or stats.nonfinite.any():
         return []  # the nonfinite rule speaks for this step; the baseline ignores it
+    g = raw if math.isnan(stats.clipped_norm) else stats.clipped_norm
+    clipped = g < raw * (1 - 1e-6)
     # An infinite norm without a NaN/Inf entry is a float32 overflow of finite, huge gradients: exploding.
     out = []
-    advice = traits.exploding_advice()
+    advice = traits.exploding_advice(clipping=clipped)
     top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
     top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
+    before = " before clipping" if clipped else ""
+    norm_text = f"global norm {g:.3g} after clipping (before: {raw:.3g})" if clipped else f"global norm {g:.3g}"
     if g > th.exploding_norm:
         since = state.active.get(("exploding", None), stats.step)
         out.append(Symptom(
             kind="exploding", layer=None, step=stats.step, value=g, threshold=th.exploding_norm, severity="error",
             since=since,
-            message=(f"Exploding gradients at step {stats.step}: global norm {g:.3g} is over the ceiling "
-                     f"{th.exploding_norm:.3g}; largest in layer '{top_name}' ({top_norm:.3g}). {advice}"),
+            message=(f"Exploding gradients at step {stats.step}: {norm_text} is over the ceiling "
+                     f"{th.exploding_norm:.3g}; largest in layer '{top_name}' ({top_norm:.3g}{before}). {advice}"),
         ))
         for i in np.flatnonzero(~np.isnan(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
             name = stats.names[i]
             out.append(Symptom(
                 kind="exploding", layer=name, step=stats.step, value=float(stats.grad_norm[i]),
                 threshold=th.exploding_norm, severity="error", since=state.active.get(("exploding", name), stats.step),
-                message=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {stats.grad_norm[i]:.3g} "
-                         f"is over the ceiling {th.exploding_norm:.3g}. {advice}"),
+                message=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {stats.grad_norm[i]:.3g}"
+                         f"{before} is over the ceiling {th.exploding_norm:.3g}. {advice}"),
             ))
     jump = (state.baseline is not None and state.observed >= th.jump_warmup and g > th.jump_factor * state.baseline)
     if jump:
@@ -196,8 +204,8 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
             out.append(Symptom(
                 kind="exploding", layer=None, step=stats.step, value=g, threshold=th.jump_factor * baseline,
                 severity="warning", since=state.active.get(("exploding", None), stats.step),
-                message=(f"Sudden jump in the gradient norm at step {stats.step}: {g:.3g} is {g / baseline:.0f}x "
-                         f"its running baseline {baseline:.3g}; largest in layer '{top_name}' ({top_norm:.3g}). "
+                message=(f"Sudden jump in the gradient norm at step {stats.step}: {norm_text} is {g / baseline:.0f}x "
+                         f"its running baseline {baseline:.3g}; largest in layer '{top_name}' ({top_norm:.3g}{before}). "
                          f"A bad batch, a loss spike or a learning rate too high. {advice}"),
             ))
         if state.jump_streak > max(th.jump_warmup, 1):

@@ -20,8 +20,10 @@ class Thresholds:
             RMS is starved. Not applied while the global norm is over ``exploding_norm`` (then the strongest layer is
             the sick one, not the others).
         vanishing_patience: steps a layer must stay starved before ``vanishing`` is reported (one bad step is noise).
-        exploding_norm: absolute ceiling on the global gradient norm (before clipping), and on each layer's norm.
-        jump_factor: a global norm this many times above its running baseline is a sudden jump (``exploding``).
+        exploding_norm: absolute ceiling on the global gradient norm the optimizer receives (after the watcher's
+            clipper, if any); the layers named are those whose own norm, before clipping, is over it.
+        jump_factor: a global norm (after the watcher's clipper, if any) this many times above its running baseline
+            is a sudden jump (``exploding``).
         jump_warmup: steps observed before the jump rule may fire (the baseline must settle first).
         baseline_beta: smoothing of the running baseline (an exponential moving average of the global norm; steps
             flagged as jumps or non-finite do not update it).

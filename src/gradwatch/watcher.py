@@ -30,7 +30,7 @@ from .clipping import Clipper, as_clipper
 from .dashboard import DashboardLogger, HistogramOf
 from .distributed import DistributedContext, detect
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
-from .history import SymptomHistory
+from .history import ClipTally, SymptomHistory
 from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
 from .layers import Layer, discover_layers, unwrap_model
 from .rules import HostStats, RuleState, evaluate
@@ -283,6 +283,8 @@ class Watcher:
         self._traits = ModelTraits.of(unwrap_model(model), depth=len(self._layers))
         self._rules = RuleState(len(self._layers))
         self.history = SymptomHistory()
+        #: How often the clipper acted and the largest norm it held back (``None`` without a clipper).
+        self.clip_tally: ClipTally | None = ClipTally() if self.clipper is not None else None
         probe = ActivationProbe(model, activations=activations, nan_origin=resolve_nan_origin(nan_origin, activations),
                                 every_n_steps=self.every_n_steps if activation_every_n_steps is None
                                 else activation_every_n_steps, thresholds=thresholds)
@@ -495,6 +497,7 @@ class Watcher:
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
             **({"activations": self._probe.state_dict()} if self._probe is not None else {}),
             "amp": {"streak": self._amp_streak, "overflows": self._amp_overflows},
+            **({"clip_tally": self.clip_tally.state_dict()} if self.clip_tally is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -513,15 +516,21 @@ class Watcher:
         if self._probe is not None and "activations" in state:
             self._probe.load_state_dict(state["activations"])
             self._probe.prepare(self._step)
+        if self.clip_tally is not None and "clip_tally" in state:  # absent from older checkpoints
+            self.clip_tally.load_state_dict(state["clip_tally"])
         amp = state.get("amp", {})
         self._amp_streak = int(amp.get("streak", 0))
         self._amp_overflows = int(amp.get("overflows", 0))
 
     def summary(self) -> str:
-        """A short table of every symptom seen so far: kind, layer, count, first and last step."""
+        """A short table of every symptom seen so far: kind, layer, count, first and last step; with a clipper, a
+        line on how often it acted."""
         if self._pending and not self._closed:
             self._resolve(self._pending[-1])
-        return self.history.format()
+        text = self.history.format()
+        if self.clip_tally is not None and self.clip_tally.steps:
+            text += f"\n{self.clip_tally}"
+        return text
 
     def __enter__(self) -> Watcher:
         return self
@@ -626,6 +635,8 @@ class Watcher:
             symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
                                                                   stats)
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
+        if self.clip_tally is not None and not r.skipped:
+            self.clip_tally.add(r.step, stats.global_norm, stats.clipped_norm)
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
