@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from . import _tb_crc
 from .symptoms import Symptom
 
 __all__ = ["ALERTS_TAG", "MemorySink", "Sink", "TensorBoardSink", "alerts_markdown"]
@@ -144,6 +145,7 @@ class TensorBoardSink:
     """
 
     def __init__(self, *, log_dir: str | os.PathLike[str] | None = None, writer: Any = None) -> None:
+        _tb_crc.install()  # tensorboard's pure-Python record checksum costs more than all of gradwatch's step
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
