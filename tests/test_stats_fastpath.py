@@ -66,3 +66,55 @@ def test_nan_in_a_small_tensor_and_inf_in_another_layer():
             report = watcher.step()
     assert report.layers["0"].nonfinite == "nan" and report.layers["1"].nonfinite == "inf"
     assert math.isnan(report.layers["0"].grad_max) and report.layers["1"].grad_max == math.inf
+
+
+class _Mixed(nn.Module):
+    """Small parameters of many trailing shapes, interleaved across layers, a 0-d one, a sparse-gradient embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)  # (3, 4) and (3,)
+        self.conv = nn.Conv1d(2, 3, 5)  # (3, 2, 5) and (3,)
+        self.b = nn.Linear(4, 3)  # (3, 4) again, after the conv: same run as a.weight once regrouped
+        self.norm = nn.LayerNorm(7)  # (7,) twice
+        self.big = nn.Linear(80, 60)  # 4,800 entries: the large path
+        self.emb = nn.Embedding(10, 3, sparse=True)  # 30 entries, sparse gradient
+        self.temperature = nn.Parameter(torch.tensor(2.0))  # 0-d, owned by the root
+
+
+def _reference(module: nn.Module) -> tuple[float, float]:
+    grads = [p.grad.to_dense().double() if p.grad.is_sparse else p.grad.double() for p in module.parameters(recurse=False)]
+    return math.sqrt(sum(g.pow(2).sum().item() for g in grads)), max(g.abs().max().item() for g in grads)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_small_tensors_of_many_shapes_cat_by_trailing_shape_against_float64(sparse: bool):
+    torch.manual_seed(0)
+    model = _Mixed()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * (1 + torch.rand(()).item() * 10)
+    model.emb.weight.grad = None
+    if sparse:
+        model.emb(torch.tensor([1, 4, 4])).sum().backward()
+        for name, p in model.named_parameters():  # the backward above set only the embedding's gradient
+            assert (p.grad is not None) or name == "emb.weight"
+    model.conv.weight.grad[2, 1, 4] = -77.0  # the max of the conv layer, at the last entry of its run
+    layers = {"a": model.a, "conv": model.conv, "b": model.b, "norm": model.norm, "big": model.big}
+    with gradwatch.watch(model) as watcher:
+        for _ in range(2):
+            report = watcher.step()
+            for name, module in layers.items():
+                norm, gmax = _reference(module)
+                # float32 fused norms (large tensors; every tensor once a sparse gradient is in the bucket) vs float64
+                rel = 1e-6 if name == "big" or sparse else 1e-9
+                assert report.layers[name].grad_norm == pytest.approx(norm, rel=rel), name
+                assert report.layers[name].grad_max == pytest.approx(gmax, rel=rel), name
+            root = report.layers[gradwatch.ROOT_LAYER]
+            assert root.grad_norm == pytest.approx(abs(model.temperature.grad.item()), rel=1e-9)
+            if sparse:
+                norm, gmax = _reference(model.emb)
+                assert report.layers["emb"].grad_norm == pytest.approx(norm, rel=1e-6)
+                assert report.layers["emb"].grad_max == pytest.approx(gmax, rel=1e-6)
+            else:
+                assert report.layers["emb"].grad_norm is None
+    assert report.layers["conv"].grad_max == 77.0

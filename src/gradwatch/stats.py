@@ -100,6 +100,9 @@ class _Bucket:
     index_cache: dict[tuple[bool, ...] | None, Tensor] = field(default_factory=dict)
     n_small: int = 0
     lengths: Tensor | None = None  # numel of each of the first n_small parameters (long, CPU)
+    # (start, end) runs of the first n_small parameters that share their shape after the first dimension: each run is
+    # one ``cat`` along dim 0 (no per-tensor view); 0-d parameters form runs of their own.
+    runs: list[tuple[int, int]] = field(default_factory=list)
     flat_views: list[Tensor] = field(default_factory=list)  # 1-D views of the first n_small parameters
     view_ptrs: list[int] = field(default_factory=list)  # their data pointers, to notice `p.data = ...`
 
@@ -194,21 +197,31 @@ def _foreach_maxabs(grads: list[Tensor], device: torch.device) -> Tensor:
 _FLAT_NUMEL = 4096
 
 
-def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, flat_1d: bool = False
-                 ) -> tuple[Tensor, Tensor]:
+def _flatten(tensors: list[Tensor], runs: list[tuple[int, int]] | None) -> Tensor:
+    """One 1-D copy of ``tensors``, in order. With ``runs`` (see ``_Bucket.runs``) one ``cat`` per run of tensors of
+    the same trailing shape, which costs a quarter of a view and a copy per tensor."""
+    if not runs:
+        return torch._C._nn.flatten_dense_tensors(tensors)
+    parts = [(torch.cat(tensors[a:b]) if tensors[a].dim() else torch.stack(tensors[a:b])).reshape(-1)
+             for a, b in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, flat_1d: bool = False,
+                 runs: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
     """Per-tensor sum of squares and max |x| (NaN propagates) of small dense tensors, from one flat copy.
 
     ``flat_1d``: the tensors are contiguous 1-D views already (a plain ``cat``, no view per tensor).
     """
-    flat = (torch.cat(tensors) if flat_1d else torch._C._nn.flatten_dense_tensors(tensors)).to(acc)
+    flat = (torch.cat(tensors) if flat_1d else _flatten(tensors, runs)).to(acc)
     sumsq = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
     maxabs = torch.segment_reduce(flat.abs(), "max", lengths=lengths, initial=0)  # not abs_: flat may be the grad
     return sumsq, maxabs
 
 
 def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype, n_small: int,
-            lengths: Tensor | None, *, need_max: bool = True, small_views: list[Tensor] | None = None
-            ) -> tuple[Tensor, Tensor, Tensor | None]:
+            lengths: Tensor | None, *, need_max: bool = True, small_views: list[Tensor] | None = None,
+            runs: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
     The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through fused foreach norms.
@@ -220,7 +233,7 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
             if small_views is not None:
                 sq_small, max_small = _flat_reduce(small_views, lengths, acc, flat_1d=True)
             else:
-                sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc)
+                sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc, runs=runs)
         except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
             n_small = 0
     if not n_small:
@@ -235,6 +248,11 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
     sumsq = torch.cat([sq_small, norms_rest.to(acc).square()])
     maxabs = torch.cat([max_small, _foreach_maxabs(rest, device).to(acc)]) if need_max else None
     return norms, sumsq, maxabs
+
+
+def _trailing(p: Tensor) -> tuple[int, ...]:
+    """The shape after the first dimension (``(-1,)`` for a 0-d tensor): tensors that share it ``cat`` along dim 0."""
+    return tuple(p.shape[1:]) if p.dim() else (-1,)
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:
@@ -278,12 +296,23 @@ class StatsEngine:
                 b.layer_of.append(li)
         for b in buckets.values():
             if b.device.type == "cpu" and b.dtype.is_floating_point:
-                order = sorted(range(len(b.params)), key=lambda k: b.params[k].numel() > _FLAT_NUMEL)  # stable
+                # Small ones first, grouped by trailing shape (in order of first appearance), large ones after.
+                first_seen: dict[tuple[int, ...], int] = {}
+                for p in b.params:
+                    first_seen.setdefault(_trailing(p), len(first_seen))
+                order = sorted(range(len(b.params)), key=lambda k: (
+                    b.params[k].numel() > _FLAT_NUMEL, first_seen[_trailing(b.params[k])]))  # stable
                 b.params = [b.params[k] for k in order]
                 b.layer_of = [b.layer_of[k] for k in order]
                 small = [p.numel() for p in b.params if p.numel() <= _FLAT_NUMEL]
                 b.n_small = len(small)
                 b.lengths = torch.tensor(small, dtype=torch.long) if small else None
+                b.runs = []
+                for k in range(b.n_small):
+                    if b.runs and _trailing(b.params[k]) == _trailing(b.params[k - 1]):
+                        b.runs[-1] = (b.runs[-1][0], k + 1)
+                    else:
+                        b.runs.append((k, k + 1))
         self._buckets = list(buckets.values())
         self._home = self._buckets[0].device if self._buckets else torch.device("cpu")
         # What a step where every watched parameter has a gradient knows on the host (the common case).
@@ -346,7 +375,8 @@ class StatsEngine:
                     has_grad[li] = True
                     numel[li] += p.numel()
             idx = b.index(present)
-            norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, lengths)
+            norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, lengths,
+                                        runs=b.runs if present is None else None)
             assert maxabs is not None  # need_max=True: an invariant, not a validation
             groups.append(GradGroup(b.device, b.dtype, params, grads, idx, norms))
             if len(self._buckets) == 1:  # the common case: reduce straight into the result, no partial vectors
