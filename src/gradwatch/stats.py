@@ -103,23 +103,6 @@ class _Bucket:
     # (start, end) runs of the first n_small parameters that share their shape after the first dimension: each run is
     # one ``cat`` along dim 0 (no per-tensor view); 0-d parameters form runs of their own.
     runs: list[tuple[int, int]] = field(default_factory=list)
-    flat_views: list[Tensor] = field(default_factory=list)  # 1-D views of the first n_small parameters
-    view_ptrs: list[int] = field(default_factory=list)  # their data pointers, to notice `p.data = ...`
-
-    def small_param_views(self) -> list[Tensor] | None:
-        """1-D views of the small parameters, made once: a view costs more than the norm of a tiny tensor.
-
-        A view keeps its parameter's storage alive, so an unchanged data pointer means the same storage; a
-        parameter whose data was replaced (``p.data = ...``, sharded wrappers) gets a fresh view. ``None`` when a
-        parameter is not contiguous (``channels_last``): it has no 1-D view.
-        """
-        small = self.params[:self.n_small]
-        ptrs = list(map(Tensor.data_ptr, small))
-        if ptrs != self.view_ptrs:
-            contiguous = all(p.is_contiguous() for p in small)
-            self.flat_views = [p.detach().view(-1) for p in small] if contiguous else []
-            self.view_ptrs = ptrs
-        return self.flat_views or None
 
     def index(self, present: tuple[bool, ...] | None) -> Tensor:
         idx = self.index_cache.get(present)
@@ -207,33 +190,29 @@ def _flatten(tensors: list[Tensor], runs: list[tuple[int, int]] | None) -> Tenso
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, flat_1d: bool = False,
-                 runs: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
-    """Per-tensor sum of squares and max |x| (NaN propagates) of small dense tensors, from one flat copy.
-
-    ``flat_1d``: the tensors are contiguous 1-D views already (a plain ``cat``, no view per tensor).
-    """
-    flat = (torch.cat(tensors) if flat_1d else _flatten(tensors, runs)).to(acc)
+def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, runs: list[tuple[int, int]] | None = None,
+                 need_max: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Per-tensor sum of squares and max |x| (NaN propagates; ``None`` without ``need_max``) of small dense tensors,
+    from one flat copy (see :func:`_flatten` for ``runs``)."""
+    flat = _flatten(tensors, runs).to(acc)
     sumsq = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+    if not need_max:
+        return sumsq, None
     maxabs = torch.segment_reduce(flat.abs(), "max", lengths=lengths, initial=0)  # not abs_: flat may be the grad
     return sumsq, maxabs
 
 
 def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype, n_small: int,
-            lengths: Tensor | None, *, need_max: bool = True, small_views: list[Tensor] | None = None,
-            runs: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+            lengths: Tensor | None, *, need_max: bool = True, runs: list[tuple[int, int]] | None = None
+            ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
     The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through fused foreach norms.
-    Without ``need_max`` the max of the other tensors is not computed (``None``). ``small_views``: 1-D views of the
-    first ``n_small`` tensors, when the caller has them.
+    Without ``need_max`` the max is not computed (``None``). ``runs``: see ``_Bucket.runs``.
     """
     if n_small and lengths is not None:
         try:
-            if small_views is not None:
-                sq_small, max_small = _flat_reduce(small_views, lengths, acc, flat_1d=True)
-            else:
-                sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc, runs=runs)
+            sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc, runs=runs, need_max=need_max)
         except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
             n_small = 0
     if not n_small:
@@ -246,7 +225,7 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
     norms_rest = _foreach_norms(rest, dtype)
     norms = torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest])
     sumsq = torch.cat([sq_small, norms_rest.to(acc).square()])
-    maxabs = torch.cat([max_small, _foreach_maxabs(rest, device).to(acc)]) if need_max else None
+    maxabs = torch.cat([max_small, _foreach_maxabs(rest, device).to(acc)]) if max_small is not None else None
     return norms, sumsq, maxabs
 
 
@@ -404,8 +383,7 @@ class StatsEngine:
         out = torch.zeros(len(self.layer_names), dtype=acc, device=home)
         with torch.no_grad():  # no autograd graph and no per-tensor detach()
             for b in self._buckets:
-                views = b.small_param_views() if b.n_small else None
                 _, sq, _ = _reduce(b.params, b.dtype, b.device, acc, b.n_small, b.lengths, need_max=False,
-                                   small_views=views)
+                                   runs=b.runs)
                 out += _to(torch.zeros_like(out, device=b.device).index_add_(0, b.index(None), sq), home)
         return out.sqrt()
