@@ -34,8 +34,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-import gradwatch  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
+
+import gradwatch  # noqa: E402
 
 GOALS = {
     "cpu_default_pct": 5.0,  # CPU, every step, default configuration: <= +5% over the bare step

@@ -4,11 +4,10 @@ The models and their synthetic data live in tests/zoo.py; each trains for a few 
 """
 
 import pytest
+import zoo
 
 import gradwatch
 from gradwatch import MemorySink
-
-import zoo
 
 pytestmark = pytest.mark.slow
 

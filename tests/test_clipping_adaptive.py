@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch.clipping import AGC, Clipper, LayerNormClip, NormClip, PercentileClip, ValueClip, ZScoreClip
+from gradwatch.clipping import (
+    AGC,
+    Clipper,
+    LayerNormClip,
+    NormClip,
+    PercentileClip,
+    ValueClip,
+    ZScoreClip,
+)
 from gradwatch.errors import ConfigurationError
 from gradwatch.layers import discover_layers
 from gradwatch.stats import StatsEngine

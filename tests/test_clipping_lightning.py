@@ -11,7 +11,14 @@ pytest.importorskip("gradwatch.lightning", reason="the Lightning callback (issue
 pl = pytest.importorskip("lightning.pytorch")
 
 import gradwatch  # noqa: E402
-from gradwatch.clipping import AGC, LayerNormClip, NormClip, PercentileClip, ValueClip, ZScoreClip  # noqa: E402
+from gradwatch.clipping import (  # noqa: E402
+    AGC,
+    LayerNormClip,
+    NormClip,
+    PercentileClip,
+    ValueClip,
+    ZScoreClip,
+)
 from gradwatch.lightning import GradWatchCallback  # noqa: E402
 
 STEPS = 12

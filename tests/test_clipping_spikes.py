@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
+import zoo
 from torch import nn
 
 import gradwatch
-import zoo
 from gradwatch.errors import ConfigurationError
 from gradwatch.rules import RuleState
 from gradwatch.spikes import Baseline, SpikeState, observe, spike_symptoms

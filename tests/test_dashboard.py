@@ -15,7 +15,12 @@ from torch import nn
 import gradwatch
 from gradwatch.dashboard import DashboardLogger, build_layout, parse_layers_markdown
 from gradwatch.errors import ConfigurationError
-from gradwatch.flowplot import MissingExtraError, flow_figure_png, png_size, require_matplotlib
+from gradwatch.flowplot import (
+    MissingExtraError,
+    flow_figure_png,
+    png_size,
+    require_matplotlib,
+)
 from gradwatch.histograms import device_histograms, unpack_histograms
 
 

@@ -8,12 +8,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import zoo
 from torch import nn
 
 import gradwatch
 from gradwatch._hooks_rules import ActivationState, ActStats, activation_symptoms
-
-import zoo
 
 
 def deep_mlp(act: type[nn.Module], *, std: float | None = None, bias: float | None = None, depth: int = 10,

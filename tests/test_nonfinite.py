@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import gradwatch
 from gradwatch import MemorySink
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def _mlp():

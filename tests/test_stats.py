@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import reference_layer_stats, rel_close
 from torch import nn
 
 import gradwatch
 from gradwatch.layers import ROOT_LAYER
-
-from conftest import reference_layer_stats, rel_close
 
 
 class Zoo(nn.Module):

@@ -118,3 +118,18 @@ def test_small_tensors_of_many_shapes_cat_by_trailing_shape_against_float64(spar
             else:
                 assert report.layers["emb"].grad_norm is None
     assert report.layers["conv"].grad_max == 77.0
+
+
+def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empty_and_sparse():
+    from gradwatch.stats import _CPU_TINY, _foreach_maxabs
+
+    tiny = torch.tensor([1.0, -7.0])  # fused inf-norm
+    big = torch.zeros(_CPU_TINY * 3)  # aminmax
+    big[5] = -9.5
+    nan_big = torch.ones(_CPU_TINY)
+    nan_big[-1] = float("nan")
+    empty = torch.zeros(0)
+    out = _foreach_maxabs([big, tiny, nan_big, empty, torch.tensor([[3.0]])], torch.device("cpu"))
+    assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0] and math.isnan(out[2].item())
+    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,))
+    assert _foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]

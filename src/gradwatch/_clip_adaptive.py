@@ -13,7 +13,7 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from ._clip_base import ClipResult, Clipper, global_coef, scale_all
+from ._clip_base import Clipper, ClipResult, global_coef, scale_all
 from ._validate import check_choice, check_int, check_number
 from ._zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
 from .errors import ConfigurationError

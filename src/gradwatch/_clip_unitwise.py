@@ -8,14 +8,13 @@ norm, all as device tensors.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._clip_base import ClipResult, Clipper
+from ._clip_base import Clipper, ClipResult
 from ._validate import check_number
 from .errors import ConfigurationError
 from .stats import GradBatch, GradGroup, accumulate_dtype

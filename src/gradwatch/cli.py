@@ -82,7 +82,14 @@ def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from .report import NoRunsError, diagnose, format_text, load_run, print_rich, should_fail
+    from .report import (
+        NoRunsError,
+        diagnose,
+        format_text,
+        load_run,
+        print_rich,
+        should_fail,
+    )
 
     fail_on = [k.strip() for k in (args.fail_on or "").split(",") if k.strip()]
     try:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ._clip_adaptive import PercentileClip, ZScoreClip
-from ._clip_base import ClipResult, Clipper
+from ._clip_base import Clipper, ClipResult
 from ._clip_unitwise import AGC, LayerNormClip
 from ._validate import check_number
 from .errors import ConfigurationError

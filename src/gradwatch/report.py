@@ -126,7 +126,9 @@ def find_runs(logdir: str | os.PathLike[str]) -> list[tuple[str, str]]:
 
 def load_run(name: str, directory: str) -> RunData:
     """Read every event file of one run directory (oldest first; a step written twice keeps its last value)."""
-    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.backend.event_processing.event_file_loader import (
+        LegacyEventFileLoader,
+    )
 
     run = RunData(name=name, path=directory)
     files = sorted(f for f in os.listdir(directory) if "tfevents" in f)

@@ -144,33 +144,41 @@ def _dense_values(g: Tensor) -> Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-_CPU_SMALL = 1 << 16  # below this many entries the CPU inf-norm is cheaper than aminmax's per-call overhead
+_CPU_TINY = 1024  # below this many entries a tensor's max |g| is cheaper inside one fused CPU inf-norm
 
 
 def _foreach_maxabs(grads: list[Tensor], device: torch.device) -> Tensor:
     """Per-tensor max |g| (NaN propagates).
 
-    One fused inf-norm on accelerators. On the CPU the inf-norm kernel is ~7x slower than ``aminmax`` on large
-    tensors (PERF_NOTES), while ``aminmax`` pays a per-call overhead: small tensors go through one fused inf-norm,
-    large ones through ``aminmax``.
+    One fused inf-norm on accelerators. On the CPU the inf-norm kernel costs about 5 ns per entry against 0.2 ns for
+    ``aminmax``, whose call costs about 5 us more (one thread, the 2-core CI machine): tensors under ``_CPU_TINY``
+    entries go through one fused inf-norm, the others through ``aminmax`` (4x faster at 4,608 entries, 18x at 262,144).
     """
     try:
         if device.type != "cpu":
             return torch.stack(torch._foreach_norm(grads, float("inf")))
-        small = [i for i, g in enumerate(grads) if g.numel() < _CPU_SMALL]
-        if len(small) == len(grads):
+        tiny = [i for i, g in enumerate(grads) if g.numel() < _CPU_TINY]
+        if len(tiny) == len(grads):
             return torch.stack(torch._foreach_norm(grads, float("inf")))
-    except (RuntimeError, NotImplementedError):  # sparse gradients: per-tensor path below
-        small = []
-    out: list[Tensor | None] = [None] * len(grads)
-    if small:
-        for i, v in zip(small, torch._foreach_norm([grads[i] for i in small], float("inf"))):
-            out[i] = v
-    for i, g in enumerate(grads):
-        if out[i] is None:
-            lo, hi = torch.aminmax(_dense_values(g))
-            out[i] = torch.maximum(hi, -lo)  # maximum propagates NaN
-    return torch.stack(out)  # type: ignore[arg-type]
+        tiny_max = torch._foreach_norm([grads[i] for i in tiny], float("inf")) if tiny else []
+    except (RuntimeError, NotImplementedError):  # sparse gradients: aminmax of their values, one by one
+        tiny, tiny_max = [], []
+    tiny_set = set(tiny)
+    others = [i for i in range(len(grads)) if i not in tiny_set]
+    rest = [grads[i] for i in others] if tiny else grads
+    lows, highs = [], []
+    for g in rest:
+        values = _dense_values(g)
+        lo, hi = torch.aminmax(values if values.numel() else values.new_zeros(1))  # aminmax refuses empty tensors
+        lows.append(lo)
+        highs.append(hi)
+    rest_max = torch.maximum(torch.stack(highs), torch.stack(lows).neg())  # maximum propagates NaN
+    if not tiny:
+        return rest_max
+    out = torch.empty(len(grads), dtype=rest_max.dtype, device=rest_max.device)
+    out[tiny] = torch.stack(tiny_max).to(rest_max.dtype)
+    out[others] = rest_max
+    return out
 
 
 # CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` and two segment
