@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="mlp,cnn,transformer", help="comma-separated: mlp, cnn, transformer")
     ap.add_argument("--variants", default=None, help="comma-separated variant names (bare is always included): "
                     + ", ".join(v.name for v in VARIANTS))
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 GPU, 8 CPU, quick 2)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 10 GPU, 2 CPU)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 GPU, 12 CPU, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 10 GPU, 4 CPU)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per block (default 1)")
     ap.add_argument("--size", choices=("auto", "tiny", "cpu", "gpu"), default="auto",
                     help="workload sizes (auto: gpu sizes on CUDA, cpu sizes on the CPU; tiny for smoke tests)")
@@ -466,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     size = args.size if args.size != "auto" else ("tiny" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
-    rounds = args.rounds or (2 if args.quick else (10 if device.type == "cuda" else 8))
-    steps = args.steps or (1 if args.quick else (10 if device.type == "cuda" else 2))
+    rounds = args.rounds or (2 if args.quick else (10 if device.type == "cuda" else 12))
+    steps = args.steps or (1 if args.quick else (10 if device.type == "cuda" else 4))
     threads = args.threads if args.threads is not None else 1
     if device.type == "cpu" and threads > 0:
         torch.set_num_threads(threads)

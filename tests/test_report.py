@@ -7,6 +7,7 @@ import glob
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -65,6 +66,11 @@ def test_demo_report_names_the_vanishing_layers_of_the_plain_network_only(demo_d
     assert residual["starved_layers"] == [] and residual["layers"] == []
     assert all(v["steps"] == 0 for v in residual["symptoms"].values())
     assert plain["logged_steps"] == 12 and plain["steps"] == [0, 119]
+    # a layer starved since step N is alerted after the patience; the report starts it at N, not at the alert
+    alert_step = {a.layer: a.step for a in load_run("plain", str(demo_dir / "plain")).alerts if a.kind == "vanishing"}
+    for e in (e for e in plain["layers"] if e["kind"] == "vanishing"):
+        since = int(re.search(r"since step (\d+)", e["message"]).group(1))
+        assert e["first_step"] == since < alert_step[e["layer"]], e
     # the table says the same
     assert main(["report", str(demo_dir)]) == 0
     out = capsys.readouterr().out

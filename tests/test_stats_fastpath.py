@@ -133,3 +133,13 @@ def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empt
     assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0] and math.isnan(out[2].item())
     sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,))
     assert _foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
+
+
+def test_a_lone_float64_gradient_beside_a_missing_one_is_left_untouched():
+    # bias.grad is None: the general flatten path, whose copy of a single float64 tensor may be the tensor itself
+    model = nn.Linear(3, 1).double()
+    model.weight.grad = torch.tensor([[-3.0, 4.0, 0.0]], dtype=torch.float64)
+    with gradwatch.watch(model) as watcher:
+        (stats,) = watcher.step().layers.values()
+    assert stats.grad_norm == 5.0 and stats.grad_max == 4.0
+    assert model.weight.grad.tolist() == [[-3.0, 4.0, 0.0]]  # abs_ and square_ work on gradwatch's own copy

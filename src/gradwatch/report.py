@@ -226,10 +226,13 @@ def diagnose(run: RunData) -> dict[str, Any]:
     advice: dict[str, str] = {}
     for a in sorted(run.alerts, key=lambda a: a.step):
         key = (a.kind, a.layer)
+        since = _SINCE.search(a.message)  # a sustained symptom is alerted when it fires, after its patience
+        start = min(a.step, int(since.group(1))) if since else a.step
         entry = layers.get(key)
         if entry is None:
             entry = layers[key] = {"kind": a.kind, "layer": a.layer, "severity": a.severity, "alerts": 0,
-                                   "first_step": a.step, "last_step": a.step, "message": a.message}
+                                   "first_step": start, "last_step": a.step, "message": a.message}
+        entry["first_step"] = min(entry["first_step"], start)
         entry["alerts"] += 1
         entry["last_step"] = max(entry["last_step"], a.step)
         if a.severity == "error":
@@ -258,6 +261,9 @@ def diagnose(run: RunData) -> dict[str, Any]:
         "advice": advice,
         "notes": list(run.notes),
     }
+
+
+_SINCE = re.compile(r"\bsince step (\d+)")
 
 
 def _trend(series: Sequence[tuple[int, float]]) -> dict[str, Any] | None:
