@@ -216,3 +216,46 @@ def test_inplace_activation_gets_its_own_output_gradient() -> None:
     assert sink.series("gradwatch/grad_out_norm/0")[0][1] == pytest.approx(want_lin, rel=1e-5)
     assert sink.series("gradwatch/grad_out_norm/1")[0][1] == pytest.approx(want_relu, rel=1e-5)
     assert sink.series("gradwatch/act_zero_frac/0")[0][1] == 0.0  # measured before the in-place ReLU ran
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_records_each_module_once(monkeypatch: pytest.MonkeyPatch, reentrant: bool) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    import gradwatch.hooks as hooks_module
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU())
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(self.block, x, use_reentrant=reentrant))
+
+    measured: list[int] = []
+    real = hooks_module.output_stats
+
+    def counting(t: torch.Tensor, kind: Any) -> Any:
+        measured.append(t.numel())
+        return real(t, kind)
+
+    monkeypatch.setattr(hooks_module, "output_stats", counting)
+    values, counts = {}, {}
+    for use_checkpoint in (True, False):
+        torch.manual_seed(0)
+        model = Checkpointed()
+        if not use_checkpoint:
+            model.forward = lambda x, m=model: m.head(m.block(x))  # type: ignore[method-assign]
+        sink = gradwatch.MemorySink()
+        measured.clear()
+        with gradwatch.watch(model, activations=True, sinks=[sink]) as watcher:
+            x = torch.randn(5, 4, requires_grad=True)
+            model(x).sum().backward()
+            watcher.step()
+        values[use_checkpoint] = {t: v[0][1] for t, v in sink.scalars.items() if t.startswith("gradwatch/act_")}
+        counts[use_checkpoint] = sorted(measured)
+    # the root, head, block and its four children: one measurement each, checkpointed (recomputed in backward) or not
+    assert counts[True] == counts[False] and len(counts[False]) == 7
+    assert values[True] == pytest.approx(values[False])
+    assert values[True]["gradwatch/act_mean/block.1"] != 0

@@ -278,6 +278,13 @@ class ActivationProbe:
         root = self._root()
         if root is None or not root.training:
             return
+        # Activation checkpointing (torch.utils.checkpoint, non-reentrant) runs a module's forward again inside
+        # backward to rebuild what it dropped: the same values, not another call. The reentrant variant runs its first
+        # forward without grad (skipped above), so its recomputation is the one recorded.
+        if _graph_task_id() == -1:
+            self._forward_seen.add(index)
+        elif index in self._forward_seen:
+            return
         outs = _floating(output)
         if not outs:
             return
@@ -344,6 +351,7 @@ class ActivationProbe:
     def _reset(self) -> None:
         self._buffer = _Buffer()
         self._calls: list[rules.Call] = []
+        self._forward_seen: set[int] = set()  # modules called in this step's forward (outside backward)
         self._grads: list[tuple[int, Tensor]] = []
         self._tensors: dict[int, _Seen] = {}
         self._tensor_handles = []
@@ -375,6 +383,12 @@ def _with_origin(symptoms: list[Symptom], onsets: list[Symptom], origin: rules.O
             s = new
         out.append(s)
     return out, [replaced.get(id(s), s) for s in onsets]
+
+
+def _graph_task_id() -> int:
+    """The autograd engine's current graph task, -1 outside backward (a private torch function: -1 if it is gone)."""
+    getter = getattr(torch._C, "_current_graph_task_id", None)
+    return getter() if getter is not None else -1
 
 
 def _floating(obj: Any, depth: int = 0) -> list[Tensor]:
