@@ -138,3 +138,24 @@ def test_import_gradwatch_pulls_no_optional_dependency():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_clip_tally_counts_the_steps_the_clipper_acted_and_survives_a_checkpoint():
+    model = nn.Linear(4, 1, bias=False)
+    norms = [10.0, 0.5, 300.0, 2.0]  # clip=1.0 acts on three of them; the largest held back is 300 at step 2
+    with gradwatch.watch(model, clip=1.0) as watcher:
+        for n in norms:
+            model.weight.grad = torch.tensor([[n, 0.0, 0.0, 0.0]])
+            watcher.step()
+        state = watcher.state_dict()
+        summary = watcher.summary()
+    tally = watcher.clip_tally
+    assert (tally.steps, tally.active, tally.max_norm, tally.max_step) == (4, 3, 300.0, 2)
+    assert summary.endswith("clipping: active on 3 of 4 steps; the norm before clipping reached 300 (step 2)")
+    with gradwatch.watch(model, clip=1.0) as resumed:
+        resumed.load_state_dict(state)
+        assert (resumed.clip_tally.steps, resumed.clip_tally.active, resumed.clip_tally.max_norm) == (4, 3, 300.0)
+        del state["clip_tally"]  # a checkpoint written before the tally existed
+        resumed.load_state_dict(state)
+    with gradwatch.watch(model) as plain:
+        assert plain.clip_tally is None and "clipping" not in plain.summary()
