@@ -159,3 +159,22 @@ def test_clip_tally_counts_the_steps_the_clipper_acted_and_survives_a_checkpoint
         resumed.load_state_dict(state)
     with gradwatch.watch(model) as plain:
         assert plain.clip_tally is None and "clipping" not in plain.summary()
+
+
+@pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
+def test_clip_tally_leaves_out_the_steps_that_were_dropped():
+    model = nn.Linear(4, 1, bias=False)
+    with gradwatch.watch(model, clip=1.0, on_nonfinite="skip") as watcher:
+        for n in (10.0, math.nan, 20.0):
+            model.weight.grad = torch.tensor([[n, 0.0, 0.0, 0.0]])
+            watcher.step()
+    assert (watcher.clip_tally.steps, watcher.clip_tally.active, watcher.clip_tally.max_norm) == (2, 2, 20.0)
+    th = gradwatch.Thresholds(spike_warmup=5)
+    with gradwatch.watch(model, clip=1.0, on_spike="skip", thresholds=th) as watcher:
+        for step in range(12):
+            n = 1e6 if step == 10 else 2.0 + 0.01 * step  # step 10: a spike, skipped
+            model.weight.grad = torch.tensor([[n, 0.0, 0.0, 0.0]])
+            report = watcher.step()
+            assert report.skipped == (step == 10)
+    tally = watcher.clip_tally
+    assert (tally.steps, tally.active) == (11, 11) and tally.max_norm == pytest.approx(2.11) and tally.max_step == 11

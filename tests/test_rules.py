@@ -107,6 +107,21 @@ def test_the_jump_baseline_follows_the_clipped_norm():
     assert [s.kind for s in _run([calm] * 5 + [free], th)[-1][0]] == ["exploding"]
 
 
+def test_a_step_the_clipper_bounded_is_no_jump_and_leaves_the_baseline_alone():
+    th = Thresholds(jump_warmup=3, jump_factor=50.0)
+    calm = {"norms": [0.008] * 4}  # global 0.016, far under clip=1.0
+    held = {"norms": [1.58e6] * 4, "clipped": 1.0}  # raw 3.16e6, clipped to 1.0: 63x the baseline, but bounded
+    out = _run([calm] * 10 + [held] * 3 + [{"norms": [0.5] * 4}], th)  # then 1.0 unclipped: 62x of 0.016
+    assert [i for i, (s, _) in enumerate(out) if s] == [13]  # the baseline stayed at 0.016 through the held steps
+    assert "after clipping" not in out[13][0][0].message and "Sudden jump" in out[13][0][0].message
+
+
+def test_no_jump_from_a_baseline_of_exactly_zero():
+    th = Thresholds(jump_warmup=3)
+    out = _run([{"norms": [0.0] * 4}] * 6 + [{"norms": [1.0] * 4}], th)
+    assert not any(symptoms for symptoms, _ in out)  # no ZeroDivisionError either
+
+
 def test_jump_after_warmup_against_the_running_baseline():
     th = Thresholds(jump_warmup=5, jump_factor=50.0)
     seq = [{"norms": [1.0, 1.0, 1.0, 1.0]}] * 8 + [{"norms": [60.0] * 4}] + [{"norms": [1.0] * 4}] * 3

@@ -1,6 +1,9 @@
 """The CPU fast path of the engine (small tensors reduced from one flat copy) against float64 references."""
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -131,7 +134,7 @@ def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empt
     empty = torch.zeros(0)
     out = _foreach_maxabs([big, tiny, nan_big, empty, torch.tensor([[3.0]])], torch.device("cpu"))
     assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0] and math.isnan(out[2].item())
-    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,))
+    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,), check_invariants=True)
     assert _foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
 
 
@@ -143,3 +146,40 @@ def test_a_lone_float64_gradient_beside_a_missing_one_is_left_untouched():
         (stats,) = watcher.step().layers.values()
     assert stats.grad_norm == 5.0 and stats.grad_max == 4.0
     assert model.weight.grad.tolist() == [[-3.0, 4.0, 0.0]]  # abs_ and square_ work on gradwatch's own copy
+
+
+@pytest.mark.parametrize("new_bias", [16, 4])
+def test_a_small_parameter_resized_after_watch_is_still_measured_right(new_bias: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+    with _no_warning(), gradwatch.watch(model) as watcher:
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        watcher.step()
+        model[0].bias.data = torch.randn(new_bias) * 3  # grows or shrinks: the cached segment lengths are stale
+        model[0].bias.grad = torch.randn(new_bias) * 5
+        report = watcher.step()
+    params = list(model[0].parameters())
+    grad = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in params))
+    param = math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in params))
+    assert report.layers["0"].grad_norm == pytest.approx(grad, rel=1e-6)
+    assert report.layers["0"].param_norm == pytest.approx(param, rel=1e-6)
+
+
+def test_a_layer_cast_to_float64_after_watch_keeps_its_range():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+    with gradwatch.watch(model) as watcher:
+        model[1].double()  # the float32 bucket now holds float64 tensors
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        model[1].weight.grad[0, 0] = 1e40  # finite in float64, Inf in float32
+        report = watcher.step()
+    assert report.layers["1"].grad_norm == pytest.approx(1e40) and report.layers["1"].nonfinite is None
+    assert [s.kind for s in report.symptoms] == ["exploding", "exploding"]
+
+
+@contextlib.contextmanager
+def _no_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. no "output was resized" warning from gradwatch's copies
+        yield

@@ -42,6 +42,7 @@ class _Record:
     amp_streak: int = 0  # consecutive overflow steps up to this one
     amp_overflows: int = 0  # overflow steps so far
     tail_len: int = 0  # histogram values at the end of the packed vector
+    clipped_by_watcher: bool = False  # the watcher's clipper ran on this step (not on a non-finite step it drops)
 
 
 @dataclass

@@ -14,6 +14,7 @@ Files written are byte for byte the same. ``GRADWATCH_FAST_CRC=0`` in the enviro
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 __all__ = ["install"]
@@ -38,10 +39,12 @@ def install() -> bool:
     if os.environ.get("GRADWATCH_FAST_CRC", "1") == "0":
         return False
     try:
-        import google_crc32c
+        with warnings.catch_warnings():  # google_crc32c warns on import when its C extension is missing
+            warnings.simplefilter("ignore")
+            import google_crc32c
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
         from tensorboard.summary.writer import record_writer
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a speed-up: whatever goes wrong, tensorboard keeps its own checksum
         return False
     if getattr(google_crc32c, "implementation", None) != "c":
         return False  # its pure-Python fallback is no faster than tensorboard's

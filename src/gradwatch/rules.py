@@ -165,9 +165,10 @@ def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, st
 
 def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
     """The ceiling and the jump judge the gradient the optimizer receives: the norm after the watcher's clipper
-    (``clipped_norm``, which is the raw norm without one). A clipper that contains a blow-up silences the rule; the
-    spike rule still sees the raw norm, and TensorBoard keeps both. Layers named are those over the ceiling before
-    clipping: the culprits."""
+    (``clipped_norm``, which is the raw norm without one). A clipper that contains a blow-up silences the rule: the
+    ceiling sees the clipped norm, and a step the clipper acted on is neither a jump nor part of the jump's baseline.
+    The spike rule still sees the raw norm, and TensorBoard keeps both. Layers named are those over the ceiling
+    before clipping: the culprits."""
     raw = stats.global_norm
     if math.isnan(raw) or stats.nonfinite.any():
         return []  # the nonfinite rule speaks for this step; the baseline ignores it
@@ -175,7 +176,7 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
     clipped = g < raw * (1 - 1e-6)
     # An infinite norm without a NaN/Inf entry is a float32 overflow of finite, huge gradients: exploding.
     out = []
-    advice = traits.exploding_advice(clipping=clipped)
+    advice = traits.exploding_advice(clipping=clipped and g > th.exploding_norm)
     top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
     top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
     before = " before clipping" if clipped else ""
@@ -196,7 +197,10 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
                 message=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {stats.grad_norm[i]:.3g}"
                          f"{before} is over the ceiling {th.exploding_norm:.3g}. {advice}"),
             ))
-    jump = (state.baseline is not None and state.observed >= th.jump_warmup and g > th.jump_factor * state.baseline)
+    if clipped:  # the clipper bounded this step: not a jump, and not the level the baseline should learn
+        return out
+    jump = (state.baseline is not None and state.baseline > 0 and state.observed >= th.jump_warmup
+            and g > th.jump_factor * state.baseline)  # a baseline of exactly 0 (no gradient at all) has no ratio
     if jump:
         state.jump_streak += 1
         baseline = float(state.baseline or 0.0)

@@ -191,36 +191,30 @@ _FLAT_NUMEL = 4096
 
 @dataclass(frozen=True)
 class _Run:
-    """Tensors ``first:last`` of a bucket share ``trailing`` (their shape after dim 0); their entries go to
-    ``start:stop`` of the flat copy."""
+    """Tensors ``first:last`` of a bucket share ``trailing``, their shape after dim 0 (``(-1,)``: 0-d tensors)."""
 
     first: int
     last: int
     trailing: tuple[int, ...]
-    start: int
-    stop: int
 
 
 def _flatten(tensors: list[Tensor], runs: list[_Run] | None, dtype: torch.dtype) -> Tensor:
     """One 1-D copy of ``tensors`` in ``dtype``, in order, that shares no memory with them.
 
-    With ``runs`` (see ``_Bucket.runs``): one ``cat`` per run of tensors of the same trailing shape, straight into
-    its slice of one buffer (a view and a copy per tensor cost four times as much), then one conversion to ``dtype``.
-    Not ``cat`` into a ``dtype`` buffer: a ``cat`` that converts is 15x slower on the CPU.
+    With ``runs`` (see ``_Bucket.runs``): one ``cat`` per run of tensors of the same trailing shape (a view and a copy
+    per tensor cost four times as much). Each ``cat`` sizes its own output, so a parameter whose shape or dtype
+    changed after ``watch()`` is still measured right (its sizes then disagree with the cached segment lengths and the
+    caller takes the general path). Not ``cat`` into slices of one preallocated buffer: that would resize silently
+    on such a change, and a ``cat`` that converts dtypes is 15x slower on the CPU.
     """
     if not runs:
         flat = torch._C._nn.flatten_dense_tensors(tensors).to(dtype)
         if len(tensors) == 1 and flat.data_ptr() == tensors[0].data_ptr():
             flat = flat.clone()  # a lone tensor may come back as a view of itself
         return flat
-    out = torch.empty(runs[-1].stop, dtype=tensors[0].dtype, device=tensors[0].device)
-    for r in runs:
-        part = out[r.start:r.stop]
-        if r.trailing == (-1,):  # 0-d tensors
-            torch.stack(tensors[r.first:r.last], out=part)
-        else:
-            torch.cat(tensors[r.first:r.last], out=part.view((-1, *r.trailing)))
-    return out.to(dtype)  # ``out`` itself when the dtype is already right: a buffer of ours either way
+    parts = [(torch.cat(tensors[r.first:r.last]) if r.trailing != (-1,) else torch.stack(tensors[r.first:r.last]))
+             .reshape(-1) for r in runs]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)  # cat copies: ours, whatever the dtype
 
 
 def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, runs: list[_Run] | None = None,
@@ -319,14 +313,11 @@ class StatsEngine:
                 b.n_small = len(small)
                 b.lengths = torch.tensor(small, dtype=torch.long) if small else None
                 b.runs = []
-                offset = 0
                 for k in range(b.n_small):
-                    p, end = b.params[k], offset + b.params[k].numel()
-                    if b.runs and _trailing(p) == b.runs[-1].trailing:
-                        b.runs[-1] = dataclasses.replace(b.runs[-1], last=k + 1, stop=end)
+                    if b.runs and _trailing(b.params[k]) == b.runs[-1].trailing:
+                        b.runs[-1] = dataclasses.replace(b.runs[-1], last=k + 1)
                     else:
-                        b.runs.append(_Run(k, k + 1, _trailing(p), offset, end))
-                    offset = end
+                        b.runs.append(_Run(k, k + 1, _trailing(b.params[k])))
         self._buckets = list(buckets.values())
         self._home = self._buckets[0].device if self._buckets else torch.device("cpu")
         # What a step where every watched parameter has a gradient knows on the host (the common case).

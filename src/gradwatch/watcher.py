@@ -266,6 +266,7 @@ class Watcher:
         clipped = dev.total_norm
         extras: list[Tensor] = []
         if self.clipper is not None and not bad:
+            record.clipped_by_watcher = True
             result = self.clipper.clip(dev.batch)
             clipped = result.clipped_norm if result.clipped_norm is not None else dev.batch.recompute_total_norm()
             for tag, value in (("gradwatch/clip/threshold", result.threshold), ("gradwatch/clip/coef", result.coef),
@@ -328,7 +329,15 @@ class Watcher:
             if spike:
                 self._skip()
                 record.skipped, record.skip_reason = True, "spike"
+            else:
+                self._tally(record)
         return report
+
+    def _tally(self, r: _Record) -> None:
+        """Count a step whose clipped gradients reach the optimizer (``clip_tally``): not one dropped by
+        ``on_nonfinite="skip"``, ``on_spike="skip"`` or the fp16 loss scaler."""
+        if self.clip_tally is not None and r.clipped_by_watcher and not r.amp_overflow and r.stats is not None:
+            self.clip_tally.add(r.step, r.stats.global_norm, r.stats.clipped_norm)
 
     def flush(self) -> None:
         """Bring every pending step to the host, evaluate it, and flush the sinks."""
@@ -505,8 +514,8 @@ class Watcher:
             symptoms, onsets, probe_scalars = self._probe.process(r.probe, v[v.size - r.probe.size:], symptoms, onsets,
                                                                   stats)
         r.stats, r.symptoms, r.host_vec = stats, symptoms, None
-        if self.clip_tally is not None and not r.skipped:
-            self.clip_tally.add(r.step, stats.global_norm, stats.clipped_norm)
+        if self.on_spike != "skip":  # with on_spike="skip", step() counts the step once it knows it is not dropped
+            self._tally(r)
         self.history.extend(symptoms)
         scalars: dict[str, float] = {}
         if r.logged:
