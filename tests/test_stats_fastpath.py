@@ -138,6 +138,28 @@ def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empt
     assert _foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
 
 
+def test_cpu_norm_and_max_run_back_to_back_per_tensor_with_nan_inf_negative_and_half_precision():
+    from gradwatch.stats import _CPU_TINY, _norms_maxabs
+
+    a = torch.zeros(_CPU_TINY * 4)
+    a[:2] = torch.tensor([3.0, -4.0])  # norm 5, max |g| 4 from a negative entry
+    nan = torch.ones(_CPU_TINY)
+    nan[7] = float("nan")
+    inf = torch.ones(_CPU_TINY * 2)
+    inf[0] = -float("inf")
+    norms, maxabs = _norms_maxabs([a, nan, inf], torch.float32, torch.device("cpu"))
+    assert norms[0].item() == 5.0 and maxabs[0].item() == 4.0
+    assert math.isnan(norms[1].item()) and math.isnan(maxabs[1].item())
+    assert norms[2].item() == math.inf and maxabs[2].item() == math.inf
+    half = torch.full((_CPU_TINY * 4,), 0.5, dtype=torch.bfloat16)  # norm 0.5 * 64 = 32: accumulated in float32
+    norms, maxabs = _norms_maxabs([half], torch.bfloat16, torch.device("cpu"))
+    assert norms.dtype == torch.float32 and norms.item() == 32.0 and maxabs.item() == 0.5
+    # a tiny or a sparse tensor among them: the two fused calls, same answers
+    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (_CPU_TINY * 2,), check_invariants=True)
+    norms, maxabs = _norms_maxabs([a, torch.tensor([-6.0, 8.0]), sparse], torch.float32, torch.device("cpu"))
+    assert norms.tolist() == pytest.approx([5.0, 10.0, math.sqrt(20.0)]) and maxabs.tolist() == [4.0, 8.0, 4.0]
+
+
 def test_a_lone_float64_gradient_beside_a_missing_one_is_left_untouched():
     # bias.grad is None: the general flatten path, whose copy of a single float64 tensor may be the tensor itself
     model = nn.Linear(3, 1).double()

