@@ -160,6 +160,33 @@ def test_cpu_norm_and_max_run_back_to_back_per_tensor_with_nan_inf_negative_and_
     assert norms.tolist() == pytest.approx([5.0, 10.0, math.sqrt(20.0)]) and maxabs.tolist() == [4.0, 8.0, 4.0]
 
 
+def test_a_parameter_without_entries_among_the_small_ones_is_measured_and_its_neighbours_too():
+    model = nn.Module()
+    model.a = nn.Linear(2, 1, bias=False)
+    model.nothing = nn.Linear(0, 3, bias=False)  # a (3, 0) weight: no entries
+    model.b = nn.Linear(2, 1, bias=False)
+    model.a.weight.grad = torch.tensor([[3.0, -4.0]])
+    model.nothing.weight.grad = torch.zeros(3, 0)
+    model.b.weight.grad = torch.tensor([[-6.0, 8.0]])
+    with gradwatch.watch(model) as watcher:
+        report = watcher.step()
+    assert (report.layers["a"].grad_norm, report.layers["a"].grad_max) == (5.0, 4.0)
+    assert (report.layers["b"].grad_norm, report.layers["b"].grad_max) == (10.0, 8.0)
+    assert report.layers["nothing"].grad_norm in (None, 0.0)
+
+
+def test_huge_float64_gradients_overflow_the_sum_of_squares_silently_and_read_as_inf_not_nan():
+    model = nn.Linear(2, 1, bias=False).double()
+    model.weight.grad = torch.tensor([[1e200, -1e200]], dtype=torch.float64)  # squares overflow float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy must not warn from inside the step
+        with gradwatch.watch(model) as watcher:
+            report = watcher.step()
+    (stats,) = report.layers.values()
+    assert stats.grad_norm == math.inf and stats.grad_max == 1e200
+    assert model.weight.grad.tolist() == [[1e200, -1e200]]
+
+
 def test_a_lone_float64_gradient_beside_a_missing_one_is_left_untouched():
     # bias.grad is None: the general flatten path, whose copy of a single float64 tensor may be the tensor itself
     model = nn.Linear(3, 1).double()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -100,7 +101,7 @@ class _Bucket:
     layer_of: list[int]
     index_cache: dict[tuple[bool, ...] | None, Tensor] = field(default_factory=dict)
     n_small: int = 0
-    lengths: Tensor | None = None  # numel of each of the first n_small parameters (long, CPU)
+    segments: _Segments | None = None  # where each of the first n_small parameters lies in their flat copy
     # Runs of the first n_small parameters that share their shape after the first dimension: each run is one ``cat``
     # along dim 0 (no per-tensor view); 0-d parameters form runs of their own. See ``_Run``.
     runs: list[_Run] = field(default_factory=list)
@@ -236,19 +237,50 @@ def _flatten(tensors: list[Tensor], runs: list[_Run] | None, dtype: torch.dtype)
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)  # cat copies: ours, whatever the dtype
 
 
-def _flat_reduce(tensors: list[Tensor], lengths: Tensor, acc: torch.dtype, *, runs: list[_Run] | None = None,
+@dataclass(frozen=True)
+class _Segments:
+    """Where each small tensor lies in their flat copy: ``lengths`` (a long tensor), ``starts`` (numpy offsets for
+    ``reduceat``), ``total`` entries; ``empty`` when a tensor has no entries (``reduceat`` cannot express that)."""
+
+    lengths: Tensor
+    starts: np.ndarray
+    total: int
+    empty: bool
+
+    @classmethod
+    def of(cls, sizes: list[int]) -> _Segments | None:
+        if not sizes:
+            return None
+        ends = np.cumsum(sizes, dtype=np.int64)
+        return cls(torch.tensor(sizes, dtype=torch.long), ends - np.asarray(sizes, dtype=np.int64), int(ends[-1]),
+                   min(sizes) == 0)
+
+
+def _flat_reduce(tensors: list[Tensor], segments: _Segments, acc: torch.dtype, *, runs: list[_Run] | None = None,
                  need_max: bool = True) -> tuple[Tensor, Tensor | None]:
     """Per-tensor sum of squares and max |x| (NaN propagates; ``None`` without ``need_max``) of small dense tensors,
-    from one flat copy in ``acc`` (see :func:`_flatten` for ``runs``)."""
+    from one flat copy in ``acc`` (see :func:`_flatten` for ``runs``).
+
+    Raises ``RuntimeError`` when the tensors' sizes no longer add up to ``segments`` (a parameter resized after
+    ``watch()``): the caller then takes the general path.
+    """
     work = _flatten(tensors, runs, acc)
-    # In place on our own copy: no temporaries beyond it (|x| first for the max, then |x|^2 = x^2 for the sums).
-    maxabs = torch.segment_reduce(work.abs_(), "max", lengths=lengths, initial=0) if need_max else None
-    sumsq = torch.segment_reduce(work.square_(), "sum", lengths=lengths)
+    if work.numel() != segments.total:
+        raise RuntimeError(f"the small tensors hold {work.numel()} entries, {segments.total} were expected")
+    if segments.empty:  # a tensor without entries: reduceat would read its neighbour's first entry
+        maxabs = torch.segment_reduce(work.abs_(), "max", lengths=segments.lengths, initial=0) if need_max else None
+        return torch.segment_reduce(work.square_(), "sum", lengths=segments.lengths), maxabs
+    # numpy's reduceat on our own copy (a view of it, in place): 8x faster than torch.segment_reduce, whose argument
+    # checks cost more than the sums at these sizes. |x| first for the max, then |x|^2 = x^2 for the sums.
+    flat = work.detach().numpy()
+    with np.errstate(all="ignore"):  # x^2 overflows to inf for |x| > 1e154: that is the value we want, silently
+        maxabs = torch.from_numpy(np.maximum.reduceat(np.abs(flat, out=flat), segments.starts)) if need_max else None
+        sumsq = torch.from_numpy(np.add.reduceat(np.square(flat, out=flat), segments.starts))
     return sumsq, maxabs
 
 
 def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype, n_small: int,
-            lengths: Tensor | None, *, need_max: bool = True, runs: list[_Run] | None = None
+            segments: _Segments | None, *, need_max: bool = True, runs: list[_Run] | None = None
             ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
@@ -256,9 +288,9 @@ def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc
     (foreach norms alone without ``need_max``).
     Without ``need_max`` the max is not computed (``None``). ``runs``: see ``_Bucket.runs``.
     """
-    if n_small and lengths is not None:
+    if n_small and segments is not None:
         try:
-            sq_small, max_small = _flat_reduce(tensors[:n_small], lengths, acc, runs=runs, need_max=need_max)
+            sq_small, max_small = _flat_reduce(tensors[:n_small], segments, acc, runs=runs, need_max=need_max)
         except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
             n_small = 0
     if n_small == len(tensors):
@@ -333,7 +365,7 @@ class StatsEngine:
                 b.layer_of = [b.layer_of[k] for k in order]
                 small = [p.numel() for p in b.params if p.numel() <= _FLAT_NUMEL]
                 b.n_small = len(small)
-                b.lengths = torch.tensor(small, dtype=torch.long) if small else None
+                b.segments = _Segments.of(small)
                 b.runs = []
                 for k in range(b.n_small):
                     if b.runs and _trailing(b.params[k]) == b.runs[-1].trailing:
@@ -377,7 +409,7 @@ class StatsEngine:
             grads = [p.grad for p in b.params]
             present: tuple[bool, ...] | None = None
             params = b.params
-            n_small, lengths = b.n_small, b.lengths
+            n_small, segments = b.n_small, b.segments
             if any(map(operator.is_, grads, repeat(None))):  # C-level loop: no Python frame per tensor
                 if has_grad is None:
                     has_grad, numel = [False] * n_layers, [0] * n_layers
@@ -391,7 +423,7 @@ class StatsEngine:
                 if n_small:
                     small = [p.numel() for p, keep in zip(b.params[:n_small], present) if keep]
                     n_small = len(small)
-                    lengths = torch.tensor(small, dtype=torch.long) if small else None
+                    segments = _Segments.of(small)
                 if not grads:
                     continue
                 for li, p in zip([i for i, keep in zip(b.layer_of, present) if keep], params):
@@ -402,7 +434,7 @@ class StatsEngine:
                     has_grad[li] = True
                     numel[li] += p.numel()
             idx = b.index(present)
-            norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, lengths,
+            norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, segments,
                                         runs=b.runs if present is None else None)
             assert maxabs is not None  # need_max=True: an invariant, not a validation
             groups.append(GradGroup(b.device, b.dtype, params, grads, idx, norms))
@@ -431,7 +463,7 @@ class StatsEngine:
         out = torch.zeros(len(self.layer_names), dtype=acc, device=home)
         with torch.no_grad():  # no autograd graph and no per-tensor detach()
             for b in self._buckets:
-                _, sq, _ = _reduce(b.params, b.dtype, b.device, acc, b.n_small, b.lengths, need_max=False,
+                _, sq, _ = _reduce(b.params, b.dtype, b.device, acc, b.n_small, b.segments, need_max=False,
                                    runs=b.runs)
                 out += _to(torch.zeros_like(out, device=b.device).index_add_(0, b.index(None), sq), home)
         return out.sqrt()
