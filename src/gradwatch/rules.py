@@ -38,8 +38,9 @@ class HostStats:
     extras: dict[str, float] = field(default_factory=dict)
 
     def rms(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.has_grad & (self.numel > 0), self.grad_norm / np.sqrt(np.maximum(self.numel, 1)), np.nan)
+        # No errstate needed (it costs more than the arithmetic): the divisor is at least 1, and a NaN or Inf norm
+        # divides silently.
+        return np.where(self.has_grad & (self.numel > 0), self.grad_norm / np.sqrt(np.maximum(self.numel, 1)), np.nan)
 
 
 @dataclass
@@ -116,13 +117,17 @@ def vanishing_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
         state.vanish_count[:] = 0
         state.vanish_since[:] = -1
         return []
-    strongest_i = int(np.nanargmax(np.where(usable, rms, -np.inf)))
+    strongest_i = int(np.argmax(np.where(usable, rms, -np.inf)))  # no NaN left: argmax, 5x cheaper than nanargmax
     strongest = float(rms[strongest_i])
     # The relative floor compares with the strongest layer; when that layer is exploding the comparison says nothing
     # about the others, so only the absolute floor applies then.
     relative = th.vanishing_ratio * strongest if stats.global_norm <= th.exploding_norm else 0.0
     floor = max(th.vanishing_rms, relative)
     starved = usable & (rms < floor)
+    if not starved.any():  # the common step: no layer starved, nothing to count
+        state.vanish_count.fill(0)
+        state.vanish_since.fill(-1)
+        return []
     state.vanish_count = np.where(starved, state.vanish_count + 1, 0)
     state.vanish_since = np.where(starved, np.where(state.vanish_since < 0, stats.step, state.vanish_since), -1)
     firing = np.flatnonzero(state.vanish_count >= th.vanishing_patience)
@@ -175,13 +180,17 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
     g = raw if math.isnan(stats.clipped_norm) else stats.clipped_norm
     clipped = g < raw * (1 - 1e-6)
     # An infinite norm without a NaN/Inf entry is a float32 overflow of finite, huge gradients: exploding.
-    out = []
-    advice = traits.exploding_advice(clipping=clipped and g > th.exploding_norm)
+    out: list[Symptom] = []
+    over = g > th.exploding_norm
+    if not over and (clipped or not _jump(g, th, state)):
+        _learn(g, clipped, th, state)
+        return out  # the common step: nothing to say, no text built
+    advice = traits.exploding_advice(clipping=clipped and over)
     top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
     top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
     before = " before clipping" if clipped else ""
     norm_text = f"global norm {g:.3g} after clipping (before: {raw:.3g})" if clipped else f"global norm {g:.3g}"
-    if g > th.exploding_norm:
+    if over:
         since = state.active.get(("exploding", None), stats.step)
         out.append(Symptom(
             kind="exploding", layer=None, step=stats.step, value=g, threshold=th.exploding_norm, severity="error",
@@ -199,9 +208,7 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
             ))
     if clipped:  # the clipper bounded this step: not a jump, and not the level the baseline should learn
         return out
-    jump = (state.baseline is not None and state.baseline > 0 and state.observed >= th.jump_warmup
-            and g > th.jump_factor * state.baseline)  # a baseline of exactly 0 (no gradient at all) has no ratio
-    if jump:
+    if _jump(g, th, state):
         state.jump_streak += 1
         baseline = float(state.baseline or 0.0)
         if not out:
@@ -214,9 +221,22 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
             ))
         if state.jump_streak > max(th.jump_warmup, 1):
             state.baseline, state.jump_streak = g, 0  # a lasting new level: accept it as the baseline
-    elif math.isfinite(g):
-        state.jump_streak = 0
-        b = th.baseline_beta
-        state.baseline = g if state.baseline is None else b * state.baseline + (1 - b) * g
-        state.observed += 1
+    else:
+        _learn(g, clipped, th, state)
     return out
+
+
+def _jump(g: float, th: Thresholds, state: RuleState) -> bool:
+    """``g`` is a sudden jump over the running baseline (a baseline of exactly 0, no gradient at all, has no ratio)."""
+    return (state.baseline is not None and state.baseline > 0 and state.observed >= th.jump_warmup
+            and g > th.jump_factor * state.baseline)
+
+
+def _learn(g: float, clipped: bool, th: Thresholds, state: RuleState) -> None:
+    """A step that is no jump moves the baseline, unless the clipper bounded it or its norm is not finite."""
+    if clipped or not math.isfinite(g):
+        return
+    state.jump_streak = 0
+    b = th.baseline_beta
+    state.baseline = g if state.baseline is None else b * state.baseline + (1 - b) * g
+    state.observed += 1

@@ -280,33 +280,40 @@ def _flat_reduce(tensors: list[Tensor], segments: _Segments, acc: torch.dtype, *
 
 
 def _reduce(tensors: list[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype, n_small: int,
-            segments: _Segments | None, *, need_max: bool = True, runs: list[_Run] | None = None
-            ) -> tuple[Tensor, Tensor, Tensor | None]:
+            segments: _Segments | None, *, runs: list[_Run] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
-    The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`; the rest through :func:`_norms_maxabs`
-    (foreach norms alone without ``need_max``).
-    Without ``need_max`` the max is not computed (``None``). ``runs``: see ``_Bucket.runs``.
+    The first ``n_small`` tensors (CPU only) go through :func:`_flat_reduce`, the rest through
+    :func:`_norms_maxabs`. ``runs``: see ``_Bucket.runs``.
     """
     if n_small and segments is not None:
         try:
-            sq_small, max_small = _flat_reduce(tensors[:n_small], segments, acc, runs=runs, need_max=need_max)
+            sq_small, max_small = _flat_reduce(tensors[:n_small], segments, acc, runs=runs)
         except (RuntimeError, NotImplementedError):  # sparse gradients cannot be flattened: the general path
             n_small = 0
-    if n_small == len(tensors):
-        norm_dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
-        return sq_small.sqrt().to(norm_dtype), sq_small, max_small
-    rest = tensors[n_small:]
-    if need_max:
-        norms_rest, max_rest = _norms_maxabs(rest, dtype, device)
-    else:
-        norms_rest, max_rest = _foreach_norms(rest, dtype), None
+    if n_small and n_small == len(tensors):
+        assert max_small is not None  # need_max: an invariant, not a validation
+        return sq_small.sqrt().to(torch.float32 if dtype in _LOW_PRECISION else dtype), sq_small, max_small
+    norms_rest, max_rest = _norms_maxabs(tensors[n_small:], dtype, device)
     if not n_small:
-        return norms_rest, norms_rest.to(acc).square(), max_rest.to(acc) if max_rest is not None else None
-    norms = torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest])
-    sumsq = torch.cat([sq_small, norms_rest.to(acc).square()])
-    maxabs = torch.cat([max_small, max_rest.to(acc)]) if max_small is not None and max_rest is not None else None
-    return norms, sumsq, maxabs
+        return norms_rest, norms_rest.to(acc).square(), max_rest.to(acc)
+    assert max_small is not None
+    return (torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest]),
+            torch.cat([sq_small, norms_rest.to(acc).square()]), torch.cat([max_small, max_rest.to(acc)]))
+
+
+def _sumsq(tensors: list[Tensor], dtype: torch.dtype, acc: torch.dtype, n_small: int, segments: _Segments | None,
+           runs: list[_Run]) -> Tensor:
+    """Per-tensor sums of squares in ``acc`` (for the parameter norms): :func:`_reduce` without norms or maxima."""
+    if n_small and segments is not None:
+        try:
+            sq_small, _ = _flat_reduce(tensors[:n_small], segments, acc, runs=runs, need_max=False)
+        except (RuntimeError, NotImplementedError):  # a parameter resized after watch(): the general path
+            n_small = 0
+    if n_small and n_small == len(tensors):
+        return sq_small
+    sq_rest = _foreach_norms(tensors[n_small:], dtype).to(acc).square()
+    return torch.cat([sq_small, sq_rest]) if n_small else sq_rest
 
 
 def _trailing(p: Tensor) -> tuple[int, ...]:
@@ -436,7 +443,6 @@ class StatsEngine:
             idx = b.index(present)
             norms, sq, maxabs = _reduce(grads, b.dtype, b.device, acc, n_small, segments,
                                         runs=b.runs if present is None else None)
-            assert maxabs is not None  # need_max=True: an invariant, not a validation
             groups.append(GradGroup(b.device, b.dtype, params, grads, idx, norms))
             if len(self._buckets) == 1:  # the common case: reduce straight into the result, no partial vectors
                 layer_sumsq.index_add_(0, idx, sq)
@@ -463,7 +469,6 @@ class StatsEngine:
         out = torch.zeros(len(self.layer_names), dtype=acc, device=home)
         with torch.no_grad():  # no autograd graph and no per-tensor detach()
             for b in self._buckets:
-                _, sq, _ = _reduce(b.params, b.dtype, b.device, acc, b.n_small, b.segments, need_max=False,
-                                   runs=b.runs)
+                sq = _sumsq(b.params, b.dtype, acc, b.n_small, b.segments, b.runs)
                 out += _to(torch.zeros_like(out, device=b.device).index_add_(0, b.index(None), sq), home)
         return out.sqrt()
