@@ -184,6 +184,7 @@ def test_huge_float64_gradients_overflow_the_sum_of_squares_silently_and_read_as
             report = watcher.step()
     (stats,) = report.layers.values()
     assert stats.grad_norm == math.inf and stats.grad_max == 1e200
+    assert stats.nonfinite is None and not [s for s in report.symptoms if s.kind == "nonfinite"]  # huge, finite
     assert model.weight.grad.tolist() == [[1e200, -1e200]]
 
 
@@ -232,3 +233,17 @@ def _no_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. no "output was resized" warning from gradwatch's copies
         yield
+
+
+def test_device_and_host_non_finite_codes_agree_case_by_case():
+    from gradwatch.stats import DeviceStats, host_nonfinite_codes
+
+    nan, inf = math.nan, math.inf
+    # finite; NaN in the sum only (a collective MAX dropped it); NaN in the max; Inf; a sum that overflowed from
+    # finite entries; Inf beside NaN (NaN wins)
+    sumsq = torch.tensor([4.0, nan, nan, inf, inf, nan], dtype=torch.float64)
+    maxabs = torch.tensor([2.0, 3.0, nan, inf, 1e200, inf], dtype=torch.float64)
+    dev = DeviceStats(sumsq, maxabs, sumsq.sum().sqrt(), [True] * 6, [1] * 6, batch=None)  # type: ignore[arg-type]
+    expected = [0, 1, 1, 2, 0, 1]
+    assert dev.nonfinite.tolist() == expected
+    assert host_nonfinite_codes(sumsq.numpy(), maxabs.numpy()).tolist() == expected

@@ -284,14 +284,11 @@ class DistributedContext:
         sums = torch.cat([sumsq, self._param_sumsq(n)]) if with_params else sumsq
         sums, maxes = self.reduce(sums, maxes)
         sumsq = sums[:n]
-        nan = torch.isnan(sumsq) | torch.isnan(maxes)  # a NaN anywhere makes the sum NaN, whatever MAX does with it
-        inf = (torch.isinf(maxes) | torch.isinf(sumsq)) & ~nan
-        nonfinite = nan.to(acc) + 2 * inf.to(acc)
         total = sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=layer_names, total_norm=total, home=home,
                           reduce=self.reduce_sums)
         param_norm = sums[n:].sqrt() if with_params else None
-        return DeviceStats(sumsq, maxes, nonfinite, total, has_grad, numel, batch, param_norm=param_norm)
+        return DeviceStats(sumsq, maxes, total, has_grad, numel, batch, param_norm=param_norm)
 
     def param_norms(self, n: int) -> Tensor:
         """Per-layer parameter norms of the whole model (one collective)."""

@@ -123,12 +123,26 @@ class DeviceStats:
 
     layer_sumsq: Tensor  # (L,) sum of squares of each layer's gradients
     layer_max: Tensor  # (L,) max |g| per layer
-    nonfinite: Tensor  # (L,) 0 finite, 1 NaN, 2 Inf
     total_norm: Tensor  # () global L2 norm
     has_grad: list[bool]  # host-known: which layers had at least one gradient
     numel: list[int]  # host-known: gradient entries per layer
     batch: GradBatch
     param_norm: Tensor | None = None  # (L,) when compute(with_params=True) measured them (several processes)
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """(L,) 0 finite, 1 NaN, 2 Inf, on the device: built only when a decision needs it on the device (the host
+        derives the same codes from the packed sums and maxima, see :func:`host_nonfinite_codes`)."""
+        # 1 where a NaN reached the sum of squares or the max (a NaN + anything is NaN; a collective MAX may drop a
+        # NaN, a SUM does not), else 2 where the max is Inf (a sum of squares that overflowed from finite entries is
+        # not Inf).
+        return self.layer_max.isinf().to(self.layer_max.dtype).mul_(2).masked_fill_(
+            (self.layer_sumsq + self.layer_max).isnan(), 1.0)
+
+
+def host_nonfinite_codes(sumsq: np.ndarray, maxabs: np.ndarray) -> np.ndarray:
+    """:attr:`DeviceStats.nonfinite` from the sums of squares and maxima on the host (int64)."""
+    return np.where(np.isnan(sumsq + maxabs), 1, np.where(np.isinf(maxabs), 2, 0))
 
 
 def _foreach_norms(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
@@ -454,11 +468,9 @@ class StatsEngine:
             layer_max = torch.maximum(layer_max, _to(part_max, home))  # maximum propagates NaN
         if has_grad is None:
             has_grad, numel = list(self._all_has_grad), list(self._all_numel)
-        # 1 where a NaN reached the sum of squares or the max (a NaN + anything is NaN), else 2 where the max is Inf.
-        nonfinite = layer_max.isinf().to(acc).mul_(2).masked_fill_((layer_sumsq + layer_max).isnan(), 1.0)
         total_norm = layer_sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=self.layer_names, total_norm=total_norm, home=home)
-        return DeviceStats(layer_sumsq, layer_max, nonfinite, total_norm, has_grad, numel, batch)
+        return DeviceStats(layer_sumsq, layer_max, total_norm, has_grad, numel, batch)
 
     def param_norms(self) -> Tensor:
         """Per-layer L2 norm of the parameters, on ``home``: one flat reduction or fused norm per bucket."""

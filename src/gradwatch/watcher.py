@@ -41,7 +41,7 @@ from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
 from .layers import Layer, discover_layers, unwrap_model
 from .rules import HostStats, RuleState, evaluate
 from .sinks import Sink, TensorBoardSink
-from .stats import StatsEngine
+from .stats import StatsEngine, host_nonfinite_codes
 from .symptoms import Symptom
 from .thresholds import Thresholds
 
@@ -285,7 +285,7 @@ class Watcher:
             record.extra_tags.append("gradwatch/loss")
             loss_t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
             extras.append(loss_t.reshape(1).to(dev.total_norm.device, dev.total_norm.dtype, non_blocking=True))
-        parts = [dev.layer_sumsq, dev.layer_max, dev.nonfinite, dev.total_norm.reshape(1),
+        parts = [dev.layer_sumsq, dev.layer_max, dev.total_norm.reshape(1),
                  clipped.reshape(1).to(dev.total_norm.dtype), *extras]
         if logged:
             parts.append(dev.param_norm if dev.param_norm is not None else self._engine.param_norms())
@@ -490,11 +490,11 @@ class Watcher:
         v = r.host_vec
         assert v is not None  # invariant of _process_ready, not a validation
         n_extra = len(r.extra_tags)
-        base = 3 * n + 2
+        base = 2 * n + 2
         stats = HostStats(
             step=r.step, names=self.layer_names, grad_norm=np.sqrt(v[:n]), grad_max=v[n:2 * n],
-            nonfinite=v[2 * n:3 * n].astype(np.int64), has_grad=np.asarray(r.has_grad, dtype=bool),
-            numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(v[3 * n]), clipped_norm=float(v[3 * n + 1]),
+            nonfinite=host_nonfinite_codes(v[:n], v[n:2 * n]), has_grad=np.asarray(r.has_grad, dtype=bool),
+            numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(v[2 * n]), clipped_norm=float(v[2 * n + 1]),
             param_norm=v[base + n_extra:base + n_extra + n] if r.logged else None,
         )
         for i, tag in enumerate(r.extra_tags):
