@@ -176,3 +176,19 @@ def test_report_values_materialise_lazily_and_stay_available_after_close():
     assert reports[3].layers[ROOT_LAYER].param_norm is None  # parameters are measured on logged steps only
     assert reports[5].layers[ROOT_LAYER].param_norm is not None
     assert all(r.global_norm == reports[0].global_norm for r in reports)
+
+
+@pytest.mark.parametrize("width", [3, 100])  # small tensors only (the flat copy) and large ones (fused norms)
+def test_gradients_that_require_grad_after_create_graph_are_measured_and_left_untouched(width):
+    torch.manual_seed(0)
+    model = nn.Linear(width, width)
+    x = torch.randn(4, width)
+    model(x).pow(2).sum().backward(create_graph=True)  # the gradients carry a graph (second-order methods)
+    assert model.weight.grad.requires_grad
+    expected = torch.sqrt(sum(p.grad.detach().double().pow(2).sum() for p in model.parameters())).item()
+    before = [p.grad.detach().clone() for p in model.parameters()]
+    with gradwatch.watch(model, clip=1e9) as watcher:
+        report = watcher.step()
+        assert report.global_norm == pytest.approx(expected, rel=1e-6)
+    assert all(torch.equal(p.grad.detach(), b) for p, b in zip(model.parameters(), before))
+    assert model.weight.grad.requires_grad  # still the user's graph-carrying gradient

@@ -276,7 +276,8 @@ def _flat_reduce(tensors: list[Tensor], segments: _Segments, acc: torch.dtype, *
     from one flat copy in ``acc`` (see :func:`_flatten` for ``runs``).
 
     Raises ``RuntimeError`` when the tensors' sizes no longer add up to ``segments`` (a parameter resized after
-    ``watch()``): the caller then takes the general path.
+    ``watch()``): the caller then takes the general path. Only the total is checked: two small parameters resized
+    after ``watch()`` so that their sizes still add up would be misattributed.
     """
     work = _flatten(tensors, runs, acc)
     if work.numel() != segments.total:

@@ -198,6 +198,7 @@ class Watcher:
                 return s.log_dir
         return None
 
+    @torch.no_grad()  # like clip_grad_norm_: gradients that require grad (create_graph=True) build no graph here
     def step(
         self,
         *,
@@ -256,7 +257,7 @@ class Watcher:
                 flag = torch.tensor(float(record.amp_overflow and record.amp_streak >= self.amp_overflow_patience),
                                     dtype=dev.total_norm.dtype, device=dev.total_norm.device)
             else:
-                flag = dev.nonfinite.amax() if dev.nonfinite.numel() else dev.total_norm.new_zeros(())
+                flag = dev.nonfinite.amax() if dev.layer_max.numel() else dev.total_norm.new_zeros(())
             if reduce_flag is not None:
                 flag = reduce_flag(flag)
             # Intended host sync: the decision to skip or raise must be known before optimizer.step().
@@ -469,7 +470,8 @@ class Watcher:
             t = self._transfers[0]
             if not wait and not t.event.query():
                 break
-            t.event.synchronize()  # Intended host sync, only when waiting: the copy was queued a step or more ago.
+            if wait:
+                t.event.synchronize()  # Intended host sync, only when waiting: the copy was queued a step or more ago.
             self._distribute(t.records, t.buffer.numpy())
             self._transfers.pop(0)
         self._process_ready()
