@@ -216,10 +216,10 @@ def _norms_maxabs(grads: list[Tensor], dtype: torch.dtype, device: torch.device)
     return torch.stack(norms), torch.maximum(torch.stack(highs), torch.stack(lows).neg())  # maximum propagates NaN
 
 
-# CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` and two segment
-# reductions for all of them). Per-call overhead (a few microseconds per tensor and op) dominates below this size;
-# above it the copy would cost more than it saves, and the copy stays small (each tensor copied is at most 16 KiB
-# in float32).
+# CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` per run of equal
+# trailing shape and two numpy ``reduceat`` calls for all of them). Per-call overhead (a few microseconds per tensor
+# and op) dominates below this size; above it the copy would cost more than it saves, and the copy stays small (each
+# tensor copied is at most 16 KiB in float32).
 _FLAT_NUMEL = 4096
 
 
