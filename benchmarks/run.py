@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -75,11 +76,11 @@ def _bare(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[
 
 def _gradwatch(**kwargs: Any) -> Callable[[nn.Module, str], tuple[Callable[[], None], Callable[[], None]]]:
     def make(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+        missing = set(kwargs) - set(inspect.signature(gradwatch.watch).parameters)
+        if missing:  # an option this gradwatch does not have yet
+            raise Unavailable(f"watch() has no {sorted(missing)}")
         options = {k: (v() if callable(v) else v) for k, v in kwargs.items()}
-        try:
-            watcher = gradwatch.watch(model, log_dir=log_dir, **options)
-        except TypeError as exc:  # an option this gradwatch does not have yet
-            raise Unavailable(str(exc)) from None
+        watcher = gradwatch.watch(model, log_dir=log_dir, **options)
 
         def after_backward() -> None:
             watcher.step()
@@ -88,12 +89,12 @@ def _gradwatch(**kwargs: Any) -> Callable[[nn.Module, str], tuple[Callable[[], N
     return make
 
 
-def _clipper(name: str, *args: Any) -> Callable[[], Any]:
+def _clipper(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
     def build() -> Any:
         cls = getattr(gradwatch.clipping, name, None)
         if cls is None:
             raise Unavailable(f"gradwatch.clipping.{name} does not exist here")
-        return cls(*args)
+        return cls(*args, **kwargs)
     return build
 
 
@@ -123,7 +124,11 @@ def _lightning_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], N
 
 def _clip_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
     params = [p for p in model.parameters() if p.requires_grad]
-    return (lambda: nn.utils.clip_grad_norm_(params, 1.0) and None), _nothing
+
+    def after_backward() -> None:
+        nn.utils.clip_grad_norm_(params, 1.0)  # the returned norm stays on the device: no host sync
+
+    return after_backward, _nothing
 
 
 VARIANTS: list[Variant] = [
@@ -134,7 +139,8 @@ VARIANTS: list[Variant] = [
     Variant("activations", "+ activations (activations=True)", _gradwatch(activations=True)),
     Variant("nan_origin", "+ NaN origin (nan_origin='every_step')", _gradwatch(nan_origin="every_step")),
     Variant("agc", "+ AGC clipper", _gradwatch(clip=_clipper("AGC"))),
-    Variant("zscore", "+ ZScoreClip", _gradwatch(clip=_clipper("ZScoreClip"))),
+    # warmup_steps=1: each block builds a fresh clipper, and its adaptive branch is what is timed
+    Variant("zscore", "+ ZScoreClip", _gradwatch(clip=_clipper("ZScoreClip", warmup_steps=1))),
     Variant("percentile", "+ PercentileClip", _gradwatch(clip=_clipper("PercentileClip"))),
     Variant("layernorm", "+ LayerNormClip(1.0)", _gradwatch(clip=_clipper("LayerNormClip", 1.0))),
     Variant("item_loop", "peer: per-tensor .item() loop", _item_loop, kind="peer"),
@@ -169,17 +175,34 @@ def _train_step(w: Workload, opt: torch.optim.Optimizer, device: torch.device, v
 @dataclass
 class Samples:
     per_step_ms: list[float] = field(default_factory=list)
-    peak_bytes: list[int] = field(default_factory=list)
+    peak_bytes: list[int] = field(default_factory=list)  # CUDA: the timed steps' peak
+    own_bytes: list[int] = field(default_factory=list)  # CUDA: the peak inside after_backward() over what was live
     status: str = "ok"
 
 
+def _own_peak(device: torch.device, after_backward: Callable[[], None], into: list[int]) -> Callable[[], None]:
+    """``after_backward`` measured on CUDA: the peak it allocates over what is live after backward (the activations
+    are freed by then, so the step's own peak may not show in the whole step's peak)."""
+    def measured() -> None:
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        after_backward()
+        _sync(device)
+        into.append(torch.cuda.max_memory_allocated(device) - base)
+    return measured
+
+
 def _block(w: Workload, opt: torch.optim.Optimizer, device: torch.device, variant: Variant, steps: int,
-           warmup: int, log_root: str) -> tuple[float, int | None]:
+           warmup: int, log_root: str) -> tuple[float, int | None, int | None]:
     log_dir = tempfile.mkdtemp(dir=log_root)
     after_backward, close = variant.make(w.model, log_dir)
+    own: list[int] = []
     try:
-        for _ in range(warmup):
-            _train_step(w, opt, device, variant, after_backward)
+        for i in range(warmup):
+            last_warmup = device.type == "cuda" and i == warmup - 1
+            _train_step(w, opt, device, variant, _own_peak(device, after_backward, own) if last_warmup
+                        else after_backward)
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -191,7 +214,7 @@ def _block(w: Workload, opt: torch.optim.Optimizer, device: torch.device, varian
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     finally:
         close()
-    return elapsed / steps * 1e3, peak
+    return elapsed / steps * 1e3, peak, own[0] if own else None
 
 
 def run_workload(w: Workload, device: torch.device, variants: list[Variant], rounds: int, steps: int, warmup: int,
@@ -199,19 +222,34 @@ def run_workload(w: Workload, device: torch.device, variants: list[Variant], rou
     opt = torch.optim.AdamW(w.model.parameters(), lr=1e-4)
     samples = {v.name: Samples() for v in variants}
     live = list(variants)
+    def failed(v: Variant, exc: Exception) -> None:  # one variant's failure costs that variant, not the run
+        if v.kind == "bare":
+            raise exc
+        samples[v.name].status = f"error ({type(exc).__name__}: {exc})"[:300]
+        live.remove(v)
+        progress(f"  {w.name}: {v.name} failed: {samples[v.name].status}")
+
     for v in variants:  # one untimed block each: imports, first allocations, and which features exist
         try:
             _block(w, opt, device, v, 1, 1, log_root)
         except Unavailable as exc:
             samples[v.name].status = f"n/a ({exc})"
             live.remove(v)
+        except Exception as exc:  # noqa: BLE001 - recorded in the table and the JSON
+            failed(v, exc)
     for r in range(rounds):
         order = live[r % len(live):] + live[:r % len(live)]  # rotate: no variant always runs first
         for v in order:
-            ms, peak = _block(w, opt, device, v, steps, warmup, log_root)
+            try:
+                ms, peak, own = _block(w, opt, device, v, steps, warmup, log_root)
+            except Exception as exc:  # noqa: BLE001
+                failed(v, exc)
+                continue
             samples[v.name].per_step_ms.append(ms)
             if peak is not None:
                 samples[v.name].peak_bytes.append(peak)
+            if own is not None:
+                samples[v.name].own_bytes.append(own)
         progress(f"  {w.name}: round {r + 1}/{rounds}, bare {samples['bare'].per_step_ms[-1]:.1f} ms/step")
     return samples
 
@@ -244,8 +282,11 @@ def summarise(samples: dict[str, Samples], grad_bytes: int) -> dict[str, dict[st
         }
         if s.peak_bytes and samples["bare"].peak_bytes:
             extra = statistics.median([a - b for a, b in zip(s.peak_bytes, samples["bare"].peak_bytes)])
-            row["peak_extra_bytes"] = extra
-            row["peak_extra_pct_of_grads"] = 100.0 * extra / grad_bytes
+            own = statistics.median(s.own_bytes) if s.own_bytes else 0
+            row["peak_extra_bytes"] = extra  # the whole step's peak over the bare step's, same round
+            row["own_peak_bytes"] = own  # the peak inside the variant's own work, over what was live before it
+            # the goal reads the larger of the two: memory gradwatch adds whether or not it raises the step's peak
+            row["peak_extra_pct_of_grads"] = 100.0 * max(extra, own) / grad_bytes
         out[name] = row
     if "hist_every_step" in out and out["hist_every_step"].get("status") == "ok" and out["default"]["status"] == "ok":
         d, h = out["default"], out["hist_every_step"]
@@ -346,6 +387,10 @@ def machine() -> dict[str, Any]:
                 break
     with contextlib.suppress(OSError):
         info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    from gradwatch import _tb_crc
+
+    # tensorboard's own pure-Python record checksum (without google-crc32c's C one) costs 0.3 ms per KiB logged
+    info["tensorboard_crc"] = "C (google-crc32c)" if _tb_crc.install() else "pure Python (tensorboard's)"
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
@@ -376,7 +421,7 @@ def workload_table(result: dict[str, Any]) -> str:
         row = result["variants"].get(name)
         if row is None:
             continue
-        if row["status"].startswith("n/a"):
+        if row["status"].startswith(("n/a", "error")):
             lines.append(f"| {labels[name]} | {row['status']} | | | | |")
             continue
         if row["status"] == "derived":
@@ -385,7 +430,8 @@ def workload_table(result: dict[str, Any]) -> str:
             continue
         mem = ""
         if "peak_extra_bytes" in row:
-            mem = f"{_fmt_bytes(row['peak_extra_bytes'])} ({row['peak_extra_pct_of_grads']:.2f}% of grads)"
+            mem = (f"{_fmt_bytes(row['peak_extra_bytes'])} step peak, {_fmt_bytes(row['own_peak_bytes'])} own "
+                   f"({row['peak_extra_pct_of_grads']:.2f}% of grads)²")
         elif name == "default" and "cpu_step_alloc_bytes" in result:
             b = result["cpu_step_alloc_bytes"]
             mem = f"≤ {_fmt_bytes(b)} ({100 * b / result['grad_bytes']:.2f}% of grads)¹"
@@ -452,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                     + ", ".join(v.name for v in VARIANTS))
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 GPU, 12 CPU, quick 2)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 10 GPU, 4 CPU)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per block (default 1)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per block (default 2: the first step's "
+                    "one-off work, such as the dashboard layout, is processed by the second, untimed too)")
     ap.add_argument("--size", choices=("auto", "tiny", "cpu", "gpu"), default="auto",
                     help="workload sizes (auto: gpu sizes on CUDA, cpu sizes on the CPU; tiny for smoke tests)")
     ap.add_argument("--scaling", default=None, help="comma-separated tensor counts for the host-side step() scaling "
@@ -465,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # cuda:N: the current device, so that every stream and event is N's
     size = args.size if args.size != "auto" else ("tiny" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
     rounds = args.rounds or (2 if args.quick else (10 if device.type == "cuda" else 12))
     steps = args.steps or (1 if args.quick else (10 if device.type == "cuda" else 4))
@@ -495,8 +544,16 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "device": device.type, "size": size, "rounds": rounds, "steps_per_round": steps, "warmup": args.warmup,
-        "machine": machine(), "workloads": [], "scaling": [],
+        "machine": machine(), "device_name": str(device), "workloads": [], "scaling": [],
     }
+    out = Path(args.out or Path(__file__).resolve().parent / f"results-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each part: a run cut short (a time limit, a crash) keeps what it measured
+        report["goals"] = goals(report)
+        report["seconds"] = time.perf_counter() - started
+        out.write_text(json.dumps(report, indent=1, default=str))
+
     with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_root:
         for name in names:
             torch.manual_seed(0)
@@ -512,16 +569,17 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cpu":
                 res["cpu_step_alloc_bytes"] = cpu_step_allocations(w, {})
             report["workloads"].append(res)
+            save()
             del w
         if scaling_sizes:
             progress(f"host-side step() scaling: {scaling_sizes} tensors")
             report["scaling"] = host_scaling(device, scaling_sizes, steps=10 if args.quick else 30)
-    report["goals"] = goals(report)
-    report["seconds"] = time.perf_counter() - started
+    save()
 
     m = report["machine"]
-    print(f"## gradwatch benchmarks: {device.type}, {m.get('gpu') or m.get('cpu_model', '?')} "
-          f"({m['cpus']} CPUs, torch {m['torch']}, {m['torch_threads']} torch threads)")
+    print(f"## gradwatch benchmarks: {device}, {m.get('gpu') or m.get('cpu_model', '?')} "
+          f"({m['cpus']} CPUs, torch {m['torch']}, {m['torch_threads']} torch threads, TensorBoard checksum "
+          f"{m['tensorboard_crc']})")
     print(f"`{report['command']}`: {rounds} interleaved rounds × {steps} timed steps per variant, medians; "
           f"overhead paired by round against the bare step; {report['seconds']:.0f} s in all.\n")
     for res in report["workloads"]:
@@ -529,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and report["workloads"]:
         print("¹ CPU: bytes allocated by the ops inside one `watcher.step()` (an upper bound on its extra peak memory);"
               " peak memory of the other variants is measured on CUDA only.\n")
+    if device.type == "cuda" and report["workloads"]:
+        print("² CUDA: the timed steps' peak over the bare step's in the same round, and the peak inside the variant's "
+              "own work over what was live before it (one step); the % reads the larger.\n")
     if report["scaling"]:
         print("#### host-side `watcher.step()` against the number of parameter tensors (Linear(4, 4) layers)\n")
         print(scaling_table(report["scaling"]) + "\n")
@@ -536,9 +597,6 @@ def main(argv: list[str] | None = None) -> int:
         print("#### goals\n\n| goal | measured | |\n|---|---:|---|")
         for g in report["goals"]:
             print(f"| {g['goal']} | {g['value']} | {'met' if g['met'] else 'NOT met'} |")
-    out = Path(args.out or Path(__file__).resolve().parent / f"results-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str))
     print(f"\nJSON: {out}")
     return 0
 

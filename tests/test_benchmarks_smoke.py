@@ -59,3 +59,29 @@ def test_step_allocation_count_sees_the_engine_temporaries():
     n_layers = sum(1 for m in w.model.modules() if isinstance(m, nn.Linear))
     # At least the two per-layer float64 vectors (sum of squares, max) of the engine are counted.
     assert run.cpu_step_allocations(w, {}) >= 2 * 8 * n_layers
+
+
+def test_a_failing_variant_is_recorded_and_the_rest_of_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    run = _load_run()
+    calls = {"n": 0}
+
+    def flaky(model, log_dir):  # works for the untimed first block, then breaks in the first timed round
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("CUDA error: out of memory (simulated)")
+        return run._nothing, run._nothing
+
+    broken = run.Variant("broken", "a variant that breaks", flaky, kind="peer")
+    monkeypatch.setattr(run, "VARIANTS", [*run.VARIANTS, broken])
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        code = run.main(["--quick", "--device", "cpu", "--workloads", "mlp", "--rounds", "2", "--variants",
+                         "default,broken", "--scaling", "none", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    variants = json.loads(out.read_text())["workloads"][0]["variants"]
+    assert variants["broken"]["status"].startswith("error (RuntimeError: CUDA error: out of memory")
+    assert variants["default"]["status"] == "ok" and variants["default"]["rounds"] == 2
+    assert "| a variant that breaks | error (RuntimeError" in capsys.readouterr().out

@@ -451,7 +451,7 @@ class Watcher:
             buffer = torch.empty(payload.shape, dtype=payload.dtype, pin_memory=True)
             buffer.copy_(payload, non_blocking=True)  # not a sync: read once the event says it has landed
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(payload.device))  # the copy's stream, not cuda:0's
             self._transfers.append(_Transfer(records, buffer, event))
         else:
             self._distribute(records, payload.cpu().numpy())  # Intended host sync: other devices have no event API here.
