@@ -490,6 +490,15 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def select_device(arg: str) -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``cuda:N`` becomes the
+    current device, so that every stream and event is N's (``set_device`` refuses a device without an index)."""
+    device = torch.device("cuda" if arg == "auto" and torch.cuda.is_available() else ("cpu" if arg == "auto" else arg))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
@@ -510,10 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results-<device>.json)")
     args = ap.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # cuda:N: the current device, so that every stream and event is N's
+    device = select_device(args.device)
     size = args.size if args.size != "auto" else ("tiny" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
     rounds = args.rounds or (2 if args.quick else (10 if device.type == "cuda" else 12))
     steps = args.steps or (1 if args.quick else (10 if device.type == "cuda" else 4))

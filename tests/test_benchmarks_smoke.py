@@ -85,3 +85,16 @@ def test_a_failing_variant_is_recorded_and_the_rest_of_the_run_goes_on(tmp_path,
     assert variants["broken"]["status"].startswith("error (RuntimeError: CUDA error: out of memory")
     assert variants["default"]["status"] == "ok" and variants["default"]["rounds"] == 2
     assert "| a variant that breaks | error (RuntimeError" in capsys.readouterr().out
+
+
+def test_device_selection_sets_only_an_indexed_cuda_device_as_current(monkeypatch):
+    run = _load_run()
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run.select_device("auto") == torch.device("cuda") and calls == []  # set_device("cuda") would raise
+    assert run.select_device("cuda") == torch.device("cuda") and calls == []
+    assert run.select_device("cuda:1") == torch.device("cuda:1") and calls == [torch.device("cuda:1")]
+    assert run.select_device("cpu") == torch.device("cpu") and len(calls) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run.select_device("auto") == torch.device("cpu")
