@@ -47,6 +47,13 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path, capsys):
     assert bare["overhead_ms"] == 0.0
     assert default["overhead_ms"] == pytest.approx(default["median_ms"] - bare["median_ms"])  # one round: paired
     assert mlp["cpu_step_alloc_bytes"] > 0
+    # derived rows: one step in N costs the frequent variant's overhead, the others the rest's
+    act, idle, act10 = variants["activations"], variants["activations_idle"], variants["activations_every_10"]
+    assert act10["status"] == "derived"
+    assert act10["overhead_ms"] == pytest.approx(idle["overhead_ms"] + (act["overhead_ms"] - idle["overhead_ms"]) / 10)
+    hist, hist100 = variants["hist_every_step"], variants["hist_every_100"]
+    assert hist100["overhead_pct"] == pytest.approx(
+        default["overhead_pct"] + (hist["overhead_pct"] - default["overhead_pct"]) / 100)
     assert [r["tensors"] for r in report["scaling"]] == [10, 40]
     assert all(r["logged_wall_ms"] > 0 and r["not_logged_cpu_ms"] >= 0 for r in report["scaling"])
     assert any(g["goal"].startswith("CPU default") for g in report["goals"])
