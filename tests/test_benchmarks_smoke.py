@@ -105,3 +105,48 @@ def test_device_selection_sets_only_an_indexed_cuda_device_as_current(monkeypatc
     assert run.select_device("cpu") == torch.device("cpu") and len(calls) == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run.select_device("auto") == torch.device("cpu")
+
+
+def test_the_cuda_bookkeeping_runs_end_to_end_on_a_faked_cuda(tmp_path, capsys, monkeypatch):
+    """No GPU here: torch.cuda's clock, memory and name calls are faked and the workloads stay on the CPU, so that the
+    suite's CUDA-only branches (memory columns, own peak, GPU goals, footnote) run before a real GPU first sees them."""
+    run = _load_run()
+    allocated = {"now": 1000, "peak": 1000}
+
+    def fake_allocated(device=None):
+        allocated["now"] += 64  # something stays allocated after each call: a visible, growing own peak
+        allocated["peak"] = max(allocated["peak"], allocated["now"])
+        return allocated["now"]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", fake_allocated)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: allocated.update(peak=0))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["peak"] + 4096)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    on_cpu = {name: (lambda make: lambda size, device: make(size, torch.device("cpu")))(make)
+              for name, make in run.WORKLOADS.items()}
+    monkeypatch.setattr(run, "WORKLOADS", on_cpu)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = run.main(["--device", "cuda", "--size", "tiny", "--workloads", "cnn", "--rounds", "2", "--steps", "1",
+                         "--variants", "default,clip,activations,activations_idle,nan_origin", "--scaling", "none",
+                         "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cuda" and report["machine"]["gpu"] == "Fake GPU"
+    (cnn,) = report["workloads"]
+    default = cnn["variants"]["default"]
+    assert default["status"] == "ok" and default["own_peak_bytes"] > 0 and "peak_extra_bytes" in default
+    assert "cpu_step_alloc_bytes" not in cnn
+    goals = {g["goal"] for g in report["goals"]}
+    assert {"GPU default ≤ +2% (cnn)", "GPU + clipping ≤ +2.5% (cnn)", "GPU NaN origin ≤ +10% (cnn)",
+            "GPU activations every 10 steps (derived) ≤ +3% (cnn)"} <= goals
+    assert any(g.startswith("extra memory ≤ 1% of gradient bytes (cnn)") for g in goals)
+    printed = capsys.readouterr().out
+    assert "## gradwatch benchmarks: cuda, Fake GPU" in printed and "own (" in printed and "² CUDA" in printed
