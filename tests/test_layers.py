@@ -64,3 +64,59 @@ def test_compiled_model_names_match_the_original():
 def test_model_without_parameters_is_rejected():
     with pytest.raises(gradwatch.ConfigurationError, match="no parameters"):
         gradwatch.watch(nn.ReLU())
+
+
+class _TextModel(nn.Module):
+    def __init__(self, vocab: int = 10) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+        self.unused = nn.Linear(4, 4)  # trainable, never called: no gradient, same parameters
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.head(self.frozen(self.emb(tokens)))
+
+
+def _train(model, watcher, steps, vocab):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        model(torch.randint(0, vocab, (3, 5))).sum().backward()
+        watcher.step()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_parameters_replaced_after_watch_are_reported_once_and_nothing_else_is():
+    import warnings
+
+    torch.manual_seed(0)
+    model = _TextModel()
+    with gradwatch.watch(model) as watcher:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a frozen layer and an unused one are no reason to warn
+            _train(model, watcher, 3, 10)
+        model.emb = nn.Embedding(12, 4)  # what resize_token_embeddings() does: a new module, a new parameter
+        with pytest.warns(gradwatch.GradWatchWarning) as caught:
+            _train(model, watcher, 4, 12)
+    messages = [str(w.message) for w in caught if "replaced" in str(w.message)]
+    assert len(messages) == 1  # once, not at every step
+    assert "layer 'emb'" in messages[0] and "emb.weight" in messages[0] and "watch() again" in messages[0]
+    assert "frozen" not in messages[0] and "unused" not in messages[0]
+
+
+def test_replaced_parameters_names_the_paths_that_changed_inside_wrappers():
+    from gradwatch.layers import replaced_parameters
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    layers = discover_layers(model)
+    assert [layer.paths for layer in layers] == [("0.weight", "0.bias"), ("1.weight", "1.bias")]
+    model[1].bias = nn.Parameter(torch.zeros(1))
+    wrapped = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+    nn.Module.__init__(wrapped)
+    wrapped.module = model  # what unwrap_model() sees through
+    assert [replaced_parameters(wrapped, layer) for layer in layers] == [[], ["1.bias"]]
+    del model[1].bias  # no longer a parameter there: nothing to say
+    model[1].register_buffer("bias", torch.zeros(1))
+    assert replaced_parameters(model, layers[1]) == []

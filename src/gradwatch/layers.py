@@ -11,7 +11,7 @@ from torch import nn
 
 from .errors import ConfigurationError
 
-__all__ = ["ROOT_LAYER", "Layer", "discover_layers", "unwrap_model"]
+__all__ = ["ROOT_LAYER", "Layer", "discover_layers", "replaced_parameters", "unwrap_model"]
 
 #: Name of the layer formed by parameters that the root module owns directly
 #: (for example a positional-embedding ``nn.Parameter`` assigned in ``__init__``).
@@ -30,6 +30,8 @@ class Layer:
     name: str
     kind: str
     params: tuple[nn.Parameter, ...]
+    #: Where each parameter sits in the unwrapped model (``model.get_parameter(path)``), wrapper segments included.
+    paths: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -52,6 +54,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def replaced_parameters(model: nn.Module, layer: Layer) -> list[str]:
+    """The paths of ``layer``'s parameters that ``model`` now holds as *another* parameter object: replaced after
+    :func:`discover_layers` (``resize_token_embeddings``, a module swapped for a new one). A path that no longer leads
+    to a parameter (a wrapper that flattened it, an attribute deleted) is not reported: nothing can be said of it.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> (layer,) = discover_layers(model)
+        >>> replaced_parameters(model, layer)
+        []
+        >>> model[0] = nn.Linear(2, 2)
+        >>> replaced_parameters(model, layer)
+        ['0.weight', '0.bias']
+    """
+    root = unwrap_model(model)
+    out = []
+    for path, p in zip(layer.paths, layer.params):
+        try:
+            now = root.get_parameter(path)
+        except AttributeError:
+            continue
+        if now is not p:
+            out.append(path)
+    return out
+
+
 def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = None) -> list[Layer]:
     """List the layers of ``model`` in registration order, keeping those whose name matches ``patterns``.
 
@@ -70,15 +98,16 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
     seen: set[int] = set()
     layers: list[Layer] = []
     for name, module in model.named_modules():
-        own = []
-        for p in module.parameters(recurse=False):
+        own, paths = [], []
+        for attr, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
             seen.add(id(p))
             own.append(p)
+            paths.append(f"{name}.{attr}" if name else attr)
         if own:
             name = ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS) if name else name
-            layers.append(Layer(name=name or ROOT_LAYER, kind=_kind(module), params=tuple(own)))
+            layers.append(Layer(name=name or ROOT_LAYER, kind=_kind(module), params=tuple(own), paths=tuple(paths)))
     if not layers:
         raise ConfigurationError(f"{type(model).__name__} has no parameters: there is nothing for gradwatch to watch.")
     if patterns is None:

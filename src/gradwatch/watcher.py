@@ -38,7 +38,7 @@ from .distributed import DistributedContext, detect
 from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from .history import ClipTally, SymptomHistory
 from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
-from .layers import Layer, discover_layers, unwrap_model
+from .layers import Layer, discover_layers, replaced_parameters, unwrap_model
 from .rules import HostStats, RuleState, evaluate
 from .sinks import Sink, TensorBoardSink
 from .stats import StatsEngine, host_nonfinite_codes
@@ -173,6 +173,8 @@ class Watcher:
         #: Consecutive fp16 loss-scaler overflows after which they are reported as ``nonfinite`` (see ``loss_scale``).
         self.amp_overflow_patience = 20
         self._amp_streak = 0
+        self._without_grad = b""  # which layers had no gradient at the last check for replaced parameters
+        self._replaced_warned: set[str] = set()
         self._amp_overflows = 0
 
     # ------------------------------------------------------------------ public API
@@ -542,6 +544,32 @@ class Watcher:
         tail = v[end - r.tail_len:end] if r.tail_len else None
         self._dashboard.host_part(r.step, tail, stats, symptoms, scalars, list(self.sinks), self._safe)
         self._announce(r.step, symptoms, onsets)
+        if r.logged and not stats.has_grad.all():
+            self._check_replaced(stats.has_grad)
+
+    def _check_replaced(self, has_grad: np.ndarray) -> None:
+        """A trainable layer without a gradient may hold parameters replaced after ``watch()``: say so, once a layer.
+
+        Runs when the set of layers without a gradient changes (frozen layers cost nothing step after step)."""
+        key = has_grad.tobytes()
+        if key == self._without_grad:
+            return
+        self._without_grad = key
+        model = self._model_ref()
+        if model is None or (self._dist is not None and self._dist.rank != 0):
+            return
+        for i in np.flatnonzero(~has_grad):
+            layer = self._layers[i]
+            if layer.name in self._replaced_warned or not any(p.requires_grad for p in layer.params):
+                continue
+            paths = replaced_parameters(model, layer)
+            if paths:
+                self._replaced_warned.add(layer.name)
+                warnings.warn(
+                    f"gradwatch: layer '{layer.name}' now holds other parameters than when watch() was called "
+                    f"({', '.join(paths)} replaced, by resize_token_embeddings() or a module swapped for a new one, "
+                    "say). gradwatch still watches the old ones, which get no gradient: close this watcher and call "
+                    "gradwatch.watch() again once the model is final.", GradWatchWarning, stacklevel=4)
 
     def _announce(self, step: int, symptoms: list[Symptom], onsets: list[Symptom]) -> None:
         if self._dist is not None and self._dist.rank != 0:
