@@ -556,8 +556,8 @@ class Watcher:
             return
         self._without_grad = key
         model = self._model_ref()
-        if model is None or (self._dist is not None and self._dist.rank != 0):
-            return
+        if model is None or (self._dist is not None and (self._dist.rank != 0 or self._dist.kinds != ("replicated",))):
+            return  # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded)
         for i in np.flatnonzero(~has_grad):
             layer = self._layers[i]
             if layer.name in self._replaced_warned or not any(p.requires_grad for p in layer.params):
