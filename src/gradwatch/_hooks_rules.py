@@ -80,7 +80,7 @@ def module_stats(calls: Sequence[Call], v: np.ndarray, kinds: Sequence[OutputKin
         var = sum(r[3] + r[0] * (r[1] / r[0] - mean) ** 2 for r in rows) / n
         bad = math.nan if not math.isfinite(q) else None  # fractions of a non-finite output mean nothing
         out[i] = ActStats(
-            mean=mean, std=math.sqrt(var) if var == var else math.nan,
+            mean=mean, std=math.sqrt(var) if not math.isnan(var) else math.nan,
             zero_frac=bad if bad is not None else 1.0 - nz / n,
             saturated_frac=(bad if bad is not None else sat / n) if kind is not None and kind.band is not None
             else None,
