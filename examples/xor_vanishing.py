@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch.demo import XorNet, xor_data
+from gradwatch._demo import XorNet, xor_data
 
 
 def train(residual: bool, steps: int, log_dir: str) -> gradwatch.Watcher:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch.demo import XorNet, xor_data
+from gradwatch._demo import XorNet, xor_data
 
 
 def train(log_dir: str, *, residual: bool, clip: float | None, steps: int = 1500) -> None:

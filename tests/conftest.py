@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch.layers import discover_layers
+from gradwatch._layers import discover_layers
 
 
 @pytest.fixture(autouse=True)

@@ -22,9 +22,9 @@ from gradwatch.clipping import (
     ValueClip,
     ZScoreClip,
 )
-from gradwatch.errors import ConfigurationError
-from gradwatch.layers import discover_layers
-from gradwatch.stats import StatsEngine
+from gradwatch._errors import ConfigurationError
+from gradwatch._layers import discover_layers
+from gradwatch._stats import StatsEngine
 
 RTOL = 1e-6  # fp32 gradients against float64 references
 

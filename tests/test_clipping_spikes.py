@@ -11,9 +11,9 @@ import zoo
 from torch import nn
 
 import gradwatch
-from gradwatch.errors import ConfigurationError
-from gradwatch.rules import RuleState
-from gradwatch.spikes import Baseline, SpikeState, observe, spike_symptoms
+from gradwatch._errors import ConfigurationError
+from gradwatch._rules import RuleState
+from gradwatch._spikes import Baseline, SpikeState, observe, spike_symptoms
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,15 +13,15 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
 import gradwatch
-from gradwatch.dashboard import DashboardLogger, build_layout, parse_layers_markdown
-from gradwatch.errors import ConfigurationError
-from gradwatch.flowplot import (
+from gradwatch._dashboard import DashboardLogger, build_layout, parse_layers_markdown
+from gradwatch._errors import ConfigurationError
+from gradwatch._flowplot import (
     MissingExtraError,
     flow_figure_png,
     png_size,
     require_matplotlib,
 )
-from gradwatch.histograms import device_histograms, unpack_histograms
+from gradwatch._histograms import device_histograms, unpack_histograms
 
 
 def _read(path):

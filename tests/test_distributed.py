@@ -24,7 +24,7 @@ from torch import nn
 
 import gradwatch
 from gradwatch.clipping import AGC, NormClip, ValueClip, ZScoreClip
-from gradwatch.errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from gradwatch._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -121,7 +121,7 @@ def reference(step: int, *, clip: float | None = None, params: list[list[float]]
                 p.copy_(torch.tensor(v, dtype=p.dtype).view_as(p))
     backward(model, step, None)
     stats = reference_layer_stats(model)
-    for layer in gradwatch.layers.discover_layers(model):
+    for layer in gradwatch._layers.discover_layers(model):
         param_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.params))
         stats[layer.name] = (*stats[layer.name], param_norm)
     if clip is not None:
@@ -145,7 +145,7 @@ def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e
         else:
             assert param_norm is None
     numels = {name: sum(p.numel() for p in layer.params)
-              for name, layer in zip(NAMES, gradwatch.layers.discover_layers(make_model()))}
+              for name, layer in zip(NAMES, gradwatch._layers.discover_layers(make_model()))}
     assert {n: v[3] for n, v in result["layers"].items()} == numels  # whole layers, not this rank's shard
     total = math.sqrt(sum(ref[n][0] ** 2 for n in NAMES))
     assert rel_close(result["global_norm"], total, rtol)
@@ -270,7 +270,7 @@ def test_one_collective_per_step_under_ddp(ddp_results: Any) -> None:
         assert r["plain0"]["calls"] == [GATHER] and r["plain1"]["calls"] == [GATHER]
     ref_model = make_model()
     want = {layer.name: math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.params))
-            for layer in gradwatch.layers.discover_layers(ref_model)}
+            for layer in gradwatch._layers.discover_layers(ref_model)}
     for r in results:
         assert r["plain0"]["param_norms"].keys() == want.keys()  # step 0 is logged, step 1 is not
         for name, value in want.items():
@@ -323,7 +323,7 @@ def fsdp2_worker(rank: int, tmp: str) -> dict[str, Any]:
 
     model = sharded()
     out["empty"] = [n for n, p in model.named_parameters() if p.to_local().numel() == 0]
-    out["kinds_layers"] = [layer.kind for layer in gradwatch.layers.discover_layers(model)]
+    out["kinds_layers"] = [layer.kind for layer in gradwatch._layers.discover_layers(model)]
     with gradwatch.watch(model, clip=MAX_NORM, on_nonfinite="skip") as watcher:
         out["kinds"] = list(watcher.distributed.kinds)
         for step in range(2):
@@ -430,7 +430,7 @@ def fsdp1_worker(rank: int, tmp: str) -> dict[str, Any]:
             out[f"step{step}"] = {"layers": layer_dict(report), "global_norm": report.global_norm, "calls": calls,
                                   "clipped_norm": report.clipped_norm, "grads": grads}
     # Large worlds: two all_reduce calls (SUM, MAX) instead of one all_gather; the same numbers.
-    from gradwatch import distributed
+    from gradwatch import _distributed as distributed
 
     limit, distributed.GATHER_LIMIT = distributed.GATHER_LIMIT, 0
     try:
@@ -528,7 +528,7 @@ def test_wrapper_segments_are_dropped_from_layer_names() -> None:
     )
 
     model = nn.Sequential(nn.Linear(2, 2), checkpoint_wrapper(nn.Linear(2, 2)))
-    assert [layer.name for layer in gradwatch.layers.discover_layers(model)] == ["0", "1"]
+    assert [layer.name for layer in gradwatch._layers.discover_layers(model)] == ["0", "1"]
 
 
 @pytest.fixture(autouse=True)

@@ -31,9 +31,9 @@ from lightning.pytorch.strategies import (
     ModelParallelStrategy,
 )
 
-from gradwatch.errors import ConfigurationError
+from gradwatch._errors import ConfigurationError
 from gradwatch.lightning import GradWatchCallback, unsupported_strategy
-from gradwatch.sinks import MemorySink
+from gradwatch._sinks import MemorySink
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

@@ -12,7 +12,7 @@ import zoo
 from torch import nn
 
 import gradwatch
-from gradwatch._hooks_rules import ActivationState, ActStats, activation_symptoms
+from gradwatch._hooks.rules import ActivationState, ActStats, activation_symptoms
 
 
 def deep_mlp(act: type[nn.Module], *, std: float | None = None, bias: float | None = None, depth: int = 10,

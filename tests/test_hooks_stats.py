@@ -222,7 +222,7 @@ def test_inplace_activation_gets_its_own_output_gradient() -> None:
 def test_activation_checkpointing_records_each_module_once(monkeypatch: pytest.MonkeyPatch, reentrant: bool) -> None:
     from torch.utils.checkpoint import checkpoint
 
-    import gradwatch.hooks as hooks_module
+    import gradwatch._hooks.probe as hooks_module
 
     class Checkpointed(nn.Module):
         def __init__(self) -> None:

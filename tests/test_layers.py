@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch.layers import ROOT_LAYER, discover_layers
+from gradwatch._layers import ROOT_LAYER, discover_layers
 
 
 class WithRootParam(nn.Module):
@@ -107,7 +107,7 @@ def test_parameters_replaced_after_watch_are_reported_once_and_nothing_else_is()
 
 
 def test_replaced_parameters_names_the_paths_that_changed_inside_wrappers():
-    from gradwatch.layers import replaced_parameters
+    from gradwatch._layers import replaced_parameters
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
     layers = discover_layers(model)

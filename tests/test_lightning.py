@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch import MemorySink, NonFiniteGradientError, Thresholds
 from gradwatch.clipping import ClipResult, NormClip
-from gradwatch.errors import ConfigurationError
+from gradwatch._errors import ConfigurationError
 from gradwatch.lightning import GradWatchCallback
 
 pytestmark = [
@@ -460,7 +460,7 @@ def test_import_gradwatch_does_not_import_lightning() -> None:
 
 
 def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gradwatch import _lightning_compat
+    from gradwatch._lightning import compat as _lightning_compat
 
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)

@@ -18,9 +18,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 import gradwatch
 from gradwatch.cli import main
-from gradwatch.report import diagnose, flow_data, format_text, load_run, parse_alerts
-from gradwatch.sinks import alerts_markdown
-from gradwatch.symptoms import Symptom
+from gradwatch._report import diagnose, flow_data, format_text, load_run, parse_alerts
+from gradwatch._sinks import alerts_markdown
+from gradwatch._symptoms import Symptom
 
 pytestmark = pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gradwatch import Thresholds
-from gradwatch.advice import ModelTraits
-from gradwatch.rules import HostStats, RuleState, evaluate
+from gradwatch._advice import ModelTraits
+from gradwatch._rules import HostStats, RuleState, evaluate
 
 NAMES = ["l0", "l1", "l2", "l3"]
 

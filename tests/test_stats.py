@@ -8,7 +8,7 @@ from conftest import reference_layer_stats, rel_close
 from torch import nn
 
 import gradwatch
-from gradwatch.layers import ROOT_LAYER
+from gradwatch._layers import ROOT_LAYER
 
 
 class Zoo(nn.Module):

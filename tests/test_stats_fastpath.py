@@ -124,7 +124,7 @@ def test_small_tensors_of_many_shapes_cat_by_trailing_shape_against_float64(spar
 
 
 def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empty_and_sparse():
-    from gradwatch.stats import _CPU_TINY, _foreach_maxabs
+    from gradwatch._stats import _CPU_TINY, _foreach_maxabs
 
     tiny = torch.tensor([1.0, -7.0])  # fused inf-norm
     big = torch.zeros(_CPU_TINY * 3)  # aminmax
@@ -139,7 +139,7 @@ def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empt
 
 
 def test_cpu_norm_and_max_run_back_to_back_per_tensor_with_nan_inf_negative_and_half_precision():
-    from gradwatch.stats import _CPU_TINY, _norms_maxabs
+    from gradwatch._stats import _CPU_TINY, _norms_maxabs
 
     a = torch.zeros(_CPU_TINY * 4)
     a[:2] = torch.tensor([3.0, -4.0])  # norm 5, max |g| 4 from a negative entry
@@ -236,7 +236,7 @@ def _no_warning() -> Iterator[None]:
 
 
 def test_device_and_host_non_finite_codes_agree_case_by_case():
-    from gradwatch.stats import DeviceStats, host_nonfinite_codes
+    from gradwatch._stats import DeviceStats, host_nonfinite_codes
 
     nan, inf = math.nan, math.inf
     # finite; NaN in the sum only (a collective MAX dropped it); NaN in the max; Inf; a sum that overflowed from

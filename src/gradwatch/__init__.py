@@ -13,12 +13,13 @@ Examples:
 from __future__ import annotations
 
 from . import clipping
-from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
-from .layers import ROOT_LAYER
-from .sinks import MemorySink, Sink, TensorBoardSink
-from .symptoms import LayerStats, Symptom
-from .thresholds import Thresholds
-from .watcher import GradWatchWarning, StepReport, Watcher, watch
+from ._hooks.probe import NanOrigin
+from ._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from ._layers import ROOT_LAYER
+from ._sinks import MemorySink, Sink, TensorBoardSink
+from ._symptoms import LayerStats, Symptom
+from ._thresholds import Thresholds
+from ._watcher import GradWatchWarning, StepReport, Watcher, watch
 
 __version__ = "0.1.0"
 """The installed version of gradwatch."""
@@ -30,6 +31,7 @@ __all__ = [
     "GradWatchWarning",
     "LayerStats",
     "MemorySink",
+    "NanOrigin",
     "NonFiniteGradientError",
     "Sink",
     "StepReport",

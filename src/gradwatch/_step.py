@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .rules import HostStats
-from .symptoms import LayerStats, Symptom
+from ._rules import HostStats
+from ._symptoms import LayerStats, Symptom
 
 __all__ = ["StepReport"]
 

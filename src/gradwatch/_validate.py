@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ConfigurationError
+from ._errors import ConfigurationError
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:

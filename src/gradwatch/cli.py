@@ -21,7 +21,7 @@ examples:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import describe, run_xor
+    from ._demo import describe, run_xor
 
     root = os.fspath(args.log_dir)
     print("gradwatch demo: XOR, 10 hidden sigmoid layers of width 4, plain SGD (lr 1.0) on the MSE loss,\n"
@@ -68,7 +68,7 @@ examples:
 
 
 def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
-    from .report import NoRunsError, find_runs
+    from ._report import NoRunsError, find_runs
 
     runs = find_runs(logdir)
     if run is None:
@@ -82,7 +82,7 @@ def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from .report import (
+    from ._report import (
         NoRunsError,
         diagnose,
         format_text,
@@ -121,8 +121,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .flowplot import MissingExtraError, flow_figure_png
-    from .report import NoRunsError, flow_data, load_run
+    from ._flowplot import MissingExtraError, flow_figure_png
+    from ._report import NoRunsError, flow_data, load_run
 
     try:
         runs = [load_run(name, path) for name, path in _select_runs(args.logdir, args.run)]

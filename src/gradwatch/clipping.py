@@ -1,6 +1,6 @@
 """Gradient clippers: one small interface, device-side and branch-free.
 
-A clipper receives the step's :class:`~gradwatch.stats.GradBatch` (gradients grouped by device and dtype, with their
+A clipper receives the step's :class:`~gradwatch._stats.GradBatch` (gradients grouped by device and dtype, with their
 per-tensor norms and the global norm already computed) and rescales the gradients in place. It never reads a device
 value on the host: a coefficient is applied with ``clamp`` rather than ``if coef < 1`` (an ``if`` on a device value is
 a host sync). A clipper may keep state (a running statistic, say); that state round-trips through ``state_dict``.
@@ -31,12 +31,12 @@ import math
 import torch
 from torch import Tensor
 
-from ._clip_adaptive import PercentileClip, ZScoreClip
-from ._clip_base import Clipper, ClipResult
-from ._clip_unitwise import AGC, LayerNormClip
+from ._clip.adaptive import PercentileClip, ZScoreClip
+from ._clip.base import Clipper, ClipResult
+from ._clip.unitwise import AGC, LayerNormClip
 from ._validate import check_number
-from .errors import ConfigurationError
-from .stats import GradBatch
+from ._errors import ConfigurationError
+from ._stats import GradBatch
 
 __all__ = [
     "AGC",

@@ -20,16 +20,16 @@ import torch
 from torch import Tensor
 from typing_extensions import override  # a dependency of both Lightning packages
 
-from ._lightning_compat import callback_bases, grad_scaler
-from ._lightning_sinks import LoggerSink, sinks_for_loggers
+from ._lightning.compat import callback_bases, grad_scaler
+from ._lightning.sinks import LoggerSink, sinks_for_loggers
 from ._validate import check_choice, check_int
 from .clipping import Clipper, as_clipper
-from .dashboard import DashboardLogger, HistogramOf
-from .errors import ConfigurationError
-from .hooks import NanOrigin, resolve_nan_origin
-from .sinks import Sink
-from .thresholds import Thresholds
-from .watcher import GradWatchWarning, NonFiniteAction, SpikeAction, Watcher
+from ._dashboard import DashboardLogger, HistogramOf
+from ._errors import ConfigurationError
+from ._hooks.probe import NanOrigin, resolve_nan_origin
+from ._sinks import Sink
+from ._thresholds import Thresholds
+from ._watcher import GradWatchWarning, NonFiniteAction, SpikeAction, Watcher
 
 __all__ = ["GradWatchCallback", "LoggerSink", "OnNonFinite"]
 

@@ -3,7 +3,7 @@
 Each layer's values are binned over the symmetric range ``[-m, m]``, where ``m`` is the layer's largest absolute
 value, found on the device: no range has to be known on the host, so nothing is read back before the bins are
 counted. Every layer's counts, range, sum and sum of squares go into one packed tensor that travels to the host with
-the step's other statistics (one transfer per step, see :mod:`gradwatch.watcher`), and become :class:`Histogram`
+the step's other statistics (one transfer per step, see :mod:`gradwatch._watcher`), and become :class:`Histogram`
 values (numpy, never tensors) for the sinks.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .stats import _LOW_PRECISION, _dense_values, accumulate_dtype
+from ._stats import _LOW_PRECISION, _dense_values, accumulate_dtype
 
 __all__ = ["DEFAULT_BINS", "Histogram", "device_histograms", "unpack_histograms"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConfigurationError
+from ._errors import ConfigurationError
 
 __all__ = ["ROOT_LAYER", "Layer", "discover_layers", "replaced_parameters", "unwrap_model"]
 

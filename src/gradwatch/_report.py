@@ -6,7 +6,7 @@ are separate; rendering is plain text (:func:`format_text`) or a rich table when
 complete record: a file cut mid-record by a crash still yields everything written before the cut.
 
 Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; which layers, when and why
-from the alert lines under ``gradwatch/alerts`` (written by :func:`gradwatch.sinks.alerts_markdown`); the depth order
+from the alert lines under ``gradwatch/alerts`` (written by :func:`gradwatch._sinks.alerts_markdown`); the depth order
 and layer sizes from ``gradwatch/layers``; the global norm and clipping from ``gradwatch/global/*`` and
 ``gradwatch/clip/*``.
 """
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dashboard import LAYERS_TAG, LayerInfo, parse_layers_markdown
-from .sinks import ALERTS_TAG
+from ._dashboard import LAYERS_TAG, LayerInfo, parse_layers_markdown
+from ._sinks import ALERTS_TAG
 
 __all__ = [
     "Alert",
@@ -89,7 +89,7 @@ _ALERT = re.compile(r"^- \*\*(?P<kind>[^*]+)\*\* \((?P<severity>[^)]*)\) at (?:`
 
 
 def parse_alerts(text: str) -> list[Alert]:
-    """The alerts of one ``gradwatch/alerts`` text (the lines :func:`gradwatch.sinks.alerts_markdown` writes).
+    """The alerts of one ``gradwatch/alerts`` text (the lines :func:`gradwatch._sinks.alerts_markdown` writes).
 
     Examples:
         >>> parse_alerts("- **vanishing** (warning) at `hidden.0`, step 12: Vanishing gradients.")

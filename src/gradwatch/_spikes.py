@@ -9,7 +9,7 @@ turning harmless wiggles into alerts.
 
 Everything here runs on the host on Python floats, after the step's packed vector arrived: no device access.
 
->>> from gradwatch.thresholds import Thresholds
+>>> from gradwatch._thresholds import Thresholds
 >>> th, state = Thresholds(spike_warmup=3), SpikeState()
 >>> [len(spike_symptoms(s, g, None, th, state)) for s, g in enumerate([1.0, 1.1, 0.9, 1.0, 50.0])]
 [0, 0, 0, 0, 1]
@@ -21,9 +21,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ._zscore import clip_target, ema_update, welford_update, zscore
-from .symptoms import Symptom
-from .thresholds import Thresholds
+from ._clip.zscore import clip_target, ema_update, welford_update, zscore
+from ._symptoms import Symptom
+from ._thresholds import Thresholds
 
 __all__ = ["Baseline", "SpikeState", "observe", "spike_symptoms"]
 

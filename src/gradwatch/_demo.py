@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .history import SymptomHistory
-from .watcher import watch
+from ._history import SymptomHistory
+from ._watcher import watch
 
 __all__ = ["XorNet", "XorResult", "run_xor", "xor_data"]
 

@@ -13,11 +13,11 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from ._clip_base import Clipper, ClipResult, global_coef, scale_all
-from ._validate import check_choice, check_int, check_number
-from ._zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
-from .errors import ConfigurationError
-from .stats import GradBatch
+from .base import Clipper, ClipResult, global_coef, scale_all
+from .._validate import check_choice, check_int, check_number
+from .zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
+from .._errors import ConfigurationError
+from .._stats import GradBatch
 
 __all__ = ["PercentileClip", "ZScoreClip", "window_percentile"]
 
@@ -55,8 +55,8 @@ class ZScoreClip(Clipper):
         eps: added to ``sigma`` in the z-score (> 0).
 
     >>> import torch
-    >>> from gradwatch.stats import StatsEngine
-    >>> from gradwatch.layers import discover_layers
+    >>> from gradwatch._stats import StatsEngine
+    >>> from gradwatch._layers import discover_layers
     >>> model = torch.nn.Linear(2, 1, bias=False)
     >>> engine, clip = StatsEngine(discover_layers(model)), ZScoreClip(warmup_steps=3)
     >>> for norm in [1.0, 1.0, 1.0, 100.0]:
@@ -180,8 +180,8 @@ class PercentileClip(Clipper):
         window: how many recent norms to keep (>= 1).
 
     >>> import torch
-    >>> from gradwatch.stats import StatsEngine
-    >>> from gradwatch.layers import discover_layers
+    >>> from gradwatch._stats import StatsEngine
+    >>> from gradwatch._layers import discover_layers
     >>> model = torch.nn.Linear(1, 1, bias=False)
     >>> engine, clip = StatsEngine(discover_layers(model)), PercentileClip(percentile=50.0, window=8)
     >>> for norm in [1.0, 2.0, 3.0, 10.0]:

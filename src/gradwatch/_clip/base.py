@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigurationError
-from .stats import GradBatch
+from .._errors import ConfigurationError
+from .._stats import GradBatch
 
 __all__ = ["ClipResult", "Clipper", "global_coef", "scale_all"]
 

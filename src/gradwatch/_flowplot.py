@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import GradWatchError
+from ._errors import GradWatchError
 
 __all__ = ["MissingExtraError", "flow_figure_png", "matplotlib_available", "png_size", "require_matplotlib"]
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .layers import Layer
+from ._layers import Layer
 
 if TYPE_CHECKING:
-    from .distributed import DistributedContext
+    from ._distributed import DistributedContext
 
 __all__ = ["GradBatch", "GradGroup", "StatsEngine"]
 
@@ -82,7 +82,7 @@ class GradBatch:
             norms = _foreach_norms(g.grads, g.dtype)
             sq = norms.to(self.home, acc, non_blocking=True).square().sum()
             total = total + (sq if g.weight == 1.0 else sq * g.weight)
-        if self.reduce is not None:  # several processes: one collective (gradwatch.distributed)
+        if self.reduce is not None:  # several processes: one collective (gradwatch._distributed)
             total = self.reduce(total.reshape(1)).reshape(())
         return total.sqrt()
 
@@ -348,7 +348,7 @@ class StatsEngine:
     """
 
     def __init__(self, layers: Sequence[Layer], *, dist: DistributedContext | None = None) -> None:
-        self._dist = dist  # several processes: gradwatch.distributed computes and reduces; None: this module alone
+        self._dist = dist  # several processes: gradwatch._distributed computes and reduces; None: this module alone
         self.layer_names = [layer.name for layer in layers]
         self._layers = list(layers)
         self._numel = [[p.numel() for p in layer.params] for layer in layers]

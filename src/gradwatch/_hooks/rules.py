@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ._hooks_activations import OutputKind
-from .symptoms import Symptom
-from .thresholds import Thresholds
+from .activations import OutputKind
+from .._symptoms import Symptom
+from .._thresholds import Thresholds
 
 __all__ = ["ActStats", "ActivationState", "Call", "Origin", "activation_symptoms", "grad_out_norms", "locate_origin",
            "module_stats"]
@@ -27,7 +27,7 @@ class Call:
 
     Attributes:
         module: index of the module in the probe's module list.
-        stats: handles of :func:`~gradwatch._hooks_activations.output_stats`'s values, when sampled.
+        stats: handles of :func:`~gradwatch._hooks.activations.output_stats`'s values, when sampled.
         numel, units: size of the summarised output, and its number of units (entries per sample).
         inputs, outputs: handles of the finiteness flags of its floating-point inputs and outputs.
         in_slots, out_slots: backward slots (one per tensor) of its inputs and outputs that require a gradient.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .symptoms import Symptom
+from ._symptoms import Symptom
 
 __all__ = ["ClipTally", "SymptomHistory", "SymptomSummary"]
 

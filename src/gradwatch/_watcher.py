@@ -1,8 +1,8 @@
 """The watcher: the engine that every adapter (the Lightning callback, the hooks) drives.
 
-Per step it reduces the gradients on the device (:mod:`gradwatch.stats`), clips them (:mod:`gradwatch.clipping`),
+Per step it reduces the gradients on the device (:mod:`gradwatch._stats`), clips them (:mod:`gradwatch.clipping`),
 and queues one packed vector of results. The vector reaches the host once per logged step (one transfer, non-blocking
-into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch.rules`) and written to the sinks. A step
+into pinned memory on CUDA) and is then turned into symptoms (:mod:`gradwatch._rules`) and written to the sinks. A step
 needs the host earlier only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``,
 ``on_spike="skip"``) or when the caller reads a value of the step's report.
 """
@@ -31,19 +31,19 @@ from ._step import (
     _Transfer,
 )
 from ._validate import check_choice, check_int
-from .advice import ModelTraits
+from ._advice import ModelTraits
 from .clipping import Clipper, as_clipper
-from .dashboard import DashboardLogger, HistogramOf
-from .distributed import DistributedContext, detect
-from .errors import ConfigurationError, GradWatchError, NonFiniteGradientError
-from .history import ClipTally, SymptomHistory
-from .hooks import ActivationProbe, NanOrigin, resolve_nan_origin
-from .layers import Layer, discover_layers, replaced_parameters, unwrap_model
-from .rules import HostStats, RuleState, evaluate
-from .sinks import Sink, TensorBoardSink
-from .stats import StatsEngine, host_nonfinite_codes
-from .symptoms import Symptom
-from .thresholds import Thresholds
+from ._dashboard import DashboardLogger, HistogramOf
+from ._distributed import DistributedContext, detect
+from ._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from ._history import ClipTally, SymptomHistory
+from ._hooks.probe import ActivationProbe, NanOrigin, resolve_nan_origin
+from ._layers import Layer, discover_layers, replaced_parameters, unwrap_model
+from ._rules import HostStats, RuleState, evaluate
+from ._sinks import Sink, TensorBoardSink
+from ._stats import StatsEngine, host_nonfinite_codes
+from ._symptoms import Symptom
+from ._thresholds import Thresholds
 
 __all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
 
@@ -137,7 +137,7 @@ class Watcher:
         self._layers: list[Layer] = discover_layers(model, layers)
         self.layer_names: list[str] = [layer.name for layer in self._layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
-        # Several processes (gradwatch.distributed): statistics reduced across ranks, rank zero writes alone.
+        # Several processes (gradwatch._distributed): statistics reduced across ranks, rank zero writes alone.
         check_choice("distributed", distributed, get_args(DistributedMode))
         # None in one process (no cost), or when the caller watches this process's gradients alone.
         self._dist: DistributedContext | None = detect(model, self._layers) if distributed == "auto" else None
@@ -650,8 +650,8 @@ def watch(
             ``optimizer.step()`` changes nothing; ``report.skipped``), ``"ignore"`` (symptom and logs only).
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
-        sinks: more :class:`~gradwatch.sinks.Sink` objects (a :class:`~gradwatch.sinks.MemorySink`, say).
-        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch.spikes`):
+        sinks: more :class:`~gradwatch._sinks.Sink` objects (a :class:`~gradwatch._sinks.MemorySink`, say).
+        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch._spikes`):
             ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
             ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
             ``"ignore"`` (symptom and logs only).

@@ -1,7 +1,7 @@
 """Several processes (DDP, FSDP1, FSDP2/DTensor): statistics from local shards, reduced across ranks in one collective.
 
 When ``torch.distributed`` is initialised with more than one process, :func:`detect` returns a
-:class:`DistributedContext` and the engine (:class:`gradwatch.stats.StatsEngine`) hands it each step's work. Every
+:class:`DistributedContext` and the engine (:class:`gradwatch._stats.StatsEngine`) hands it each step's work. Every
 rank computes, from the gradient pieces it holds, per-layer *partials*: sums of squares (weighted by the fraction of
 the world holding the same piece, so that replicas count once), maxima of ``|g|``, and on logged steps the parameters'
 sums of squares. One collective combines them (:meth:`DistributedContext.reduce`): an ``all_gather`` of the packed
@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigurationError, GradWatchError
-from .layers import Layer
-from .stats import (
+from ._errors import ConfigurationError, GradWatchError
+from ._layers import Layer
+from ._stats import (
     DeviceStats,
     GradBatch,
     GradGroup,
@@ -453,7 +453,7 @@ def detect(model: nn.Module, layers: Sequence[Layer] | None = None) -> Distribut
             "DeepSpeed engines are not supported by gradwatch: ZeRO partitions gradients outside the module's "
             "parameters, so per-layer norms would be silently wrong. Use DDP, FSDP (use_orig_params=True) or FSDP2.")
     if layers is None:
-        from .layers import discover_layers
+        from ._layers import discover_layers
 
         layers = discover_layers(model)
     dist = torch.distributed

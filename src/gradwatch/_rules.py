@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .advice import ModelTraits
-from .spikes import SpikeState, spike_symptoms
-from .symptoms import Symptom
-from .thresholds import Thresholds
+from ._advice import ModelTraits
+from ._spikes import SpikeState, spike_symptoms
+from ._symptoms import Symptom
+from ._thresholds import Thresholds
 
 __all__ = ["HostStats", "RuleState", "evaluate"]
 

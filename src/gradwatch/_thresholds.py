@@ -29,7 +29,7 @@ class Thresholds:
             flagged as jumps or non-finite do not update it).
         spike_z: the ``spike`` rule fires when the global gradient norm (before clipping), or the loss passed to
             ``watcher.step(loss=...)``, is this many standard deviations above its EMA mean (OLMo uses 6; ``inf``
-            disables the rule). See :mod:`gradwatch.spikes`.
+            disables the rule). See :mod:`gradwatch._spikes`.
         spike_factor: ... and the gradient norm is also at least this many times its EMA mean (>= 1). Small models
             with small batches have steep healthy swings (up to ~8x the EMA in tests/zoo.py runs), hence 10.
         spike_loss_margin: ... and the loss is also above its EMA mean by at least this fraction of ``|mean|``.
@@ -69,7 +69,7 @@ class Thresholds:
         check_number("Thresholds.exploding_norm", self.exploding_norm, positive=True, allow_inf=True)
         check_number("Thresholds.jump_factor", self.jump_factor, positive=True, allow_inf=True)
         if self.jump_factor <= 1:
-            from .errors import ConfigurationError
+            from ._errors import ConfigurationError
 
             raise ConfigurationError(f"Thresholds.jump_factor={self.jump_factor!r} must be > 1 (use inf to disable).")
         check_int("Thresholds.jump_warmup", self.jump_warmup, minimum=0)
@@ -80,7 +80,7 @@ class Thresholds:
         check_number("Thresholds.spike_z", self.spike_z, positive=True, allow_inf=True)
         check_number("Thresholds.spike_factor", self.spike_factor, positive=True, allow_inf=True)
         if self.spike_factor < 1:
-            from .errors import ConfigurationError
+            from ._errors import ConfigurationError
 
             raise ConfigurationError(f"Thresholds.spike_factor={self.spike_factor!r} must be >= 1 (use inf to disable).")
         check_number("Thresholds.spike_loss_margin", self.spike_loss_margin, nonnegative=True, allow_inf=True)

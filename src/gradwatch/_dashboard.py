@@ -1,11 +1,11 @@
 """What gradwatch adds to TensorBoard beyond its scalars: the custom-scalars dashboard, histograms and the flow figure.
 
 Once per run, at the first logging step, the sinks that implement ``write_run_info`` receive a :class:`RunInfo`: the
-watched layers in depth order and the tags logged. :class:`~gradwatch.sinks.TensorBoardSink` turns it into a
+watched layers in depth order and the tags logged. :class:`~gradwatch._sinks.TensorBoardSink` turns it into a
 custom-scalars layout (category ``"gradwatch"``, built by :func:`build_layout`) and the ``gradwatch/layers`` text
 table (:func:`layers_markdown`; ``gradwatch report``/``plot`` read it back). :class:`DashboardLogger` is the watcher's
-part: per-layer histograms computed on the device (:mod:`gradwatch.histograms`) every ``histogram_every_n_steps``, and
-the gradient-flow figure (:mod:`gradwatch.flowplot`) every ``figure_every_n_steps``.
+part: per-layer histograms computed on the device (:mod:`gradwatch._histograms`) every ``histogram_every_n_steps``, and
+the gradient-flow figure (:mod:`gradwatch._flowplot`) every ``figure_every_n_steps``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ._validate import check_int
-from .errors import ConfigurationError
-from .flowplot import MissingExtraError, flow_figure_png, require_matplotlib
-from .histograms import DEFAULT_BINS, Histogram, device_histograms, unpack_histograms
-from .layers import Layer
+from ._errors import ConfigurationError
+from ._flowplot import MissingExtraError, flow_figure_png, require_matplotlib
+from ._histograms import DEFAULT_BINS, Histogram, device_histograms, unpack_histograms
+from ._layers import Layer
 
 __all__ = [
     "CATEGORY",
@@ -173,7 +173,7 @@ class DashboardLogger:
 
     Examples:
         >>> from torch import nn
-        >>> from gradwatch.layers import discover_layers
+        >>> from gradwatch._layers import discover_layers
         >>> logger = DashboardLogger(discover_layers(nn.Linear(2, 1)), histogram_every_n_steps=10)
         >>> logger.histogram_step(20), logger.histogram_step(5)
         (True, False)
@@ -241,7 +241,7 @@ class DashboardLogger:
 
         Args:
             tail: the host copy of :meth:`device_part`'s tensor, or ``None``.
-            stats: the step's :class:`~gradwatch.rules.HostStats`.
+            stats: the step's :class:`~gradwatch._rules.HostStats`.
             symptoms: the symptoms holding at this step (their layers are flagged in the figure).
             scalars: the scalars written at this step (the first logging step's tags shape the layout).
             call: ``call(sink, method, *args)`` invokes a sink method safely (the watcher drops failing sinks).

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from . import _tb_crc
-from .symptoms import Symptom
+from ._symptoms import Symptom
 
 __all__ = ["ALERTS_TAG", "MemorySink", "Sink", "TensorBoardSink", "alerts_markdown"]
 
@@ -21,7 +21,7 @@ ALERTS_TAG = "gradwatch/alerts"
 class Sink(Protocol):
     """Receives what the watcher measured. Implement it to send gradwatch's numbers anywhere.
 
-    Optional methods, called only on sinks that define them (see :mod:`gradwatch.dashboard`):
+    Optional methods, called only on sinks that define them (see :mod:`gradwatch._dashboard`):
     ``write_run_info(step, info: RunInfo)`` once per run, ``write_histograms(step, {tag: Histogram})`` on histogram
     steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps.
 
@@ -182,7 +182,7 @@ class TensorBoardSink:
 
     def write_run_info(self, step: int, info: Any) -> None:
         """The custom-scalars dashboard and the ``gradwatch/layers`` table, once per run."""
-        from .dashboard import LAYERS_TAG, build_layout, layers_markdown, layout_summary
+        from ._dashboard import LAYERS_TAG, build_layout, layers_markdown, layout_summary
 
         file_writer = _file_writer(self.writer)
         if file_writer is None:  # another writer (tensorboardX...): the layers table only
@@ -192,7 +192,7 @@ class TensorBoardSink:
         file_writer.add_summary(text_summary(LAYERS_TAG, layers_markdown(info.layers)), step)
 
     def write_histograms(self, step: int, histograms: Mapping[str, Any]) -> None:
-        """Per-layer histograms (:class:`gradwatch.histograms.Histogram`), all in one event."""
+        """Per-layer histograms (:class:`gradwatch._histograms.Histogram`), all in one event."""
         if not histograms:
             return
         file_writer = _file_writer(self.writer)
@@ -215,7 +215,7 @@ class TensorBoardSink:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        from .flowplot import png_size
+        from ._flowplot import png_size
 
         values = []
         for tag, png in images.items():

@@ -1,7 +1,7 @@
 """Sinks that write through a Lightning Trainer's loggers.
 
 A ``TensorBoardLogger`` gets gradwatch's own tag scheme through its ``SummaryWriter`` (scalars and alert text, via
-:class:`~gradwatch.sinks.TensorBoardSink`); every other logger (CSV, MLflow, W&B...) gets the scalars through its
+:class:`~gradwatch._sinks.TensorBoardSink`); every other logger (CSV, MLflow, W&B...) gets the scalars through its
 ``log_metrics``.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._lightning_compat import is_tensorboard_logger
-from .sinks import Sink, TensorBoardSink
-from .symptoms import Symptom
+from .compat import is_tensorboard_logger
+from .._sinks import Sink, TensorBoardSink
+from .._symptoms import Symptom
 
 __all__ = ["LoggerSink", "sinks_for_loggers"]
 

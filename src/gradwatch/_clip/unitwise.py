@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._clip_base import Clipper, ClipResult
-from ._validate import check_number
-from .errors import ConfigurationError
-from .stats import GradBatch, GradGroup, accumulate_dtype
+from .base import Clipper, ClipResult
+from .._validate import check_number
+from .._errors import ConfigurationError
+from .._stats import GradBatch, GradGroup, accumulate_dtype
 
 __all__ = ["AGC", "LayerNormClip", "unit_norms"]
 
