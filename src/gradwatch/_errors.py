@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "GradWatchError", "NonFiniteGradientError"]
+__all__ = ["ConfigurationError", "GradWatchError", "GradWatchWarning", "NonFiniteGradientError"]
 
 
 class GradWatchError(Exception):
@@ -56,3 +56,18 @@ class NonFiniteGradientError(GradWatchError, FloatingPointError):
         super().__init__(message)
         self.step = step
         self.layers = dict(layers)
+
+
+class GradWatchWarning(UserWarning):
+    """Warning category of gradwatch (non-finite gradients under ``on_nonfinite="warn"``).
+
+    Examples:
+        >>> import warnings, torch, gradwatch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> model(torch.tensor([[1.0, float("inf")]])).sum().backward()
+        >>> with warnings.catch_warnings(record=True) as caught, gradwatch.watch(model) as watcher:
+        ...     warnings.simplefilter("always")
+        ...     _ = watcher.step()
+        >>> [w.category.__name__ for w in caught]
+        ['GradWatchWarning']
+    """

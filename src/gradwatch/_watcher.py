@@ -35,7 +35,7 @@ from ._advice import ModelTraits
 from .clipping import Clipper, as_clipper
 from ._dashboard import DashboardLogger, HistogramOf
 from ._distributed import DistributedContext, detect
-from ._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from ._errors import ConfigurationError, GradWatchError, GradWatchWarning, NonFiniteGradientError
 from ._history import ClipTally, SymptomHistory
 from ._hooks.probe import ActivationProbe, NanOrigin, resolve_nan_origin
 from ._layers import Layer, discover_layers, replaced_parameters, unwrap_model
@@ -53,21 +53,6 @@ NonFiniteAction = Literal["warn", "raise", "skip", "ignore"]
 SpikeAction = Literal["warn", "skip", "ignore"]
 DistributedMode = Literal["auto", "off"]
 SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
-
-
-class GradWatchWarning(UserWarning):
-    """Warning category of gradwatch (non-finite gradients under ``on_nonfinite="warn"``).
-
-    Examples:
-        >>> import warnings, torch, gradwatch
-        >>> model = torch.nn.Linear(2, 1)
-        >>> model(torch.tensor([[1.0, float("inf")]])).sum().backward()
-        >>> with warnings.catch_warnings(record=True) as caught, gradwatch.watch(model) as watcher:
-        ...     warnings.simplefilter("always")
-        ...     _ = watcher.step()
-        >>> [w.category.__name__ for w in caught]
-        ['GradWatchWarning']
-    """
 
 
 class Watcher:

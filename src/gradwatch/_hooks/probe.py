@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from . import rules
 from .activations import OutputKind, classify, flag, output_stats
 from .._validate import check_choice, check_int
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, GradWatchWarning
 from .._layers import ROOT_LAYER, unwrap_model
 from .._rules import HostStats
 from .._symptoms import Symptom
@@ -147,7 +147,6 @@ class ActivationProbe:
         self._kinds: list[OutputKind | None] = [classify(m) if keep else None for (_, m), keep in zip(named, selected)]
         self.enabled = any(selected) or self.nan_origin != "off"
         if self.enabled and _is_compiled(model, root):
-            from .._watcher import GradWatchWarning
 
             warnings.warn("gradwatch: activations and nan_origin are switched off for a torch.compile'd model "
                           "(hooks would force graph breaks and recompilations); the gradient statistics still work. "
@@ -191,7 +190,6 @@ class ActivationProbe:
             else 0
         if (self._compiling_seen or self._silent >= 3) and not self._compile_warned:
             self._compile_warned = True
-            from .._watcher import GradWatchWarning
 
             warnings.warn("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
                           "(compiled code skips gradwatch's hooks), or its forward calls none of the hooked modules. "
