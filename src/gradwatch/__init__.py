@@ -13,8 +13,9 @@ Examples:
 from __future__ import annotations
 
 from . import clipping
-from ._hooks.probe import NanOrigin
+from ._config import WatchConfig
 from ._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from ._hooks.probe import NanOrigin
 from ._layers import ROOT_LAYER
 from ._sinks import MemorySink, Sink, TensorBoardSink
 from ._symptoms import LayerStats, Symptom
@@ -38,6 +39,7 @@ __all__ = [
     "Symptom",
     "TensorBoardSink",
     "Thresholds",
+    "WatchConfig",
     "Watcher",
     "__version__",
     "clipping",

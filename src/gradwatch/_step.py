@@ -12,23 +12,25 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ._layout import Layout
 from ._rules import HostStats
 from ._symptoms import LayerStats, Symptom
 
-__all__ = ["StepReport"]
+__all__ = ["Record", "StepReport", "amp_event", "amp_persistent", "layer_tags", "step_scalars"]
 
 
 @dataclass
-class _Record:
+class Record:
     """One step, from the device result to its processed host form."""
 
     step: int
     logged: bool
-    packed: Tensor | None  # device vector, dropped once on the host
+    packed: Tensor | None  # device vector (slices as ``layout`` says), dropped once on the host
     has_grad: list[bool]
     numel: list[int]
-    extra_tags: list[str]
-    extra_values: dict[str, float]
+    extra_tags: list[str] = field(default_factory=list)
+    extra_values: dict[str, float] = field(default_factory=dict)
+    layout: Layout = field(default_factory=Layout.empty)
     skipped: bool = False
     skip_reason: str | None = None  # "nonfinite" or "spike"
     sent: bool = False
@@ -41,15 +43,12 @@ class _Record:
     amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
     amp_streak: int = 0  # consecutive overflow steps up to this one
     amp_overflows: int = 0  # overflow steps so far
-    tail_len: int = 0  # histogram values at the end of the packed vector
     clipped_by_watcher: bool = False  # the watcher's clipper ran on this step (not on a non-finite step it drops)
 
-
-@dataclass
-class _Transfer:
-    records: list[_Record]
-    buffer: Tensor
-    event: Any  # torch.cuda.Event
+    @property
+    def tail_len(self) -> int:
+        """Histogram values in the packed vector."""
+        return self.layout.size_of("histograms")
 
 
 class StepReport:
@@ -72,7 +71,7 @@ class StepReport:
 
     __slots__ = ("_record", "_resolve")
 
-    def __init__(self, record: _Record, resolve: Any) -> None:
+    def __init__(self, record: Record, resolve: Any) -> None:
         self._record = record
         self._resolve = resolve
 
@@ -93,7 +92,7 @@ class StepReport:
         """Why the step was skipped: ``"nonfinite"`` (``on_nonfinite``), ``"spike"`` (``on_spike``), or ``None``."""
         return self._record.skip_reason
 
-    def _host(self) -> _Record:
+    def _host(self) -> Record:
         if self._record.stats is None:
             self._resolve(self._record)
         return self._record
@@ -155,7 +154,7 @@ def _layer_stats(stats: HostStats) -> dict[str, LayerStats]:
     return out
 
 
-def _amp_event(r: _Record) -> Symptom:
+def amp_event(r: Record) -> Symptom:
     """An fp16 loss-scaler overflow: an event for the history, not a symptom (the scaler skips the step)."""
     scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
     return Symptom(kind="amp_overflow", layer=None, step=r.step, value=scale, threshold=math.inf, severity="warning",
@@ -164,7 +163,7 @@ def _amp_event(r: _Record) -> Symptom:
                             "skipped the optimizer step; now and then this is normal: the scaler lowers its scale."))
 
 
-def _amp_persistent(s: Symptom, r: _Record) -> Symptom:
+def amp_persistent(s: Symptom, r: Record) -> Symptom:
     """A ``nonfinite`` symptom whose message says that the scaler's overflows are no longer transient."""
     scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
     first, _, rest = s.message.partition(". ")
@@ -173,16 +172,16 @@ def _amp_persistent(s: Symptom, r: _Record) -> Symptom:
     return dataclasses.replace(s, message=f"{first}. {note} {rest}".strip(), since=r.step - r.amp_streak + 1)
 
 
-def _scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, float]:
+def step_scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, float]:
     """The per-layer and global scalars of a logged step.
 
     ``tags``: the per-layer tags (``grad_norm``, ``grad_max``, ``param_norm`` of each layer in turn), made once by
-    :func:`_layer_tags`; with them, a step where every layer has a gradient builds its dict without a Python loop.
+    :func:`layer_tags`; with them, a step where every layer has a gradient builds its dict without a Python loop.
     """
     out: dict[str, float]
     if tags is not None and stats.param_norm is not None and stats.has_grad.all():
         values = np.stack([stats.grad_norm, stats.grad_max, stats.param_norm], axis=1).ravel()
-        out = dict(zip(tags, values.tolist()))
+        out = dict(zip(tags, values.tolist(), strict=True))
     else:
         out = {}
         for i, name in enumerate(stats.names):
@@ -196,5 +195,5 @@ def _scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, float
     return out
 
 
-def _layer_tags(names: Sequence[str]) -> list[str]:
+def layer_tags(names: Sequence[str]) -> list[str]:
     return [f"gradwatch/{kind}/{name}" for name in names for kind in ("grad_norm", "grad_max", "param_norm")]

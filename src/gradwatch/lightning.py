@@ -20,16 +20,16 @@ import torch
 from torch import Tensor
 from typing_extensions import override  # a dependency of both Lightning packages
 
+from ._config import HistogramOf, NonFiniteAction, SpikeAction, WatchConfig
+from ._errors import ConfigurationError, GradWatchWarning
+from ._hooks.probe import NanOrigin
 from ._lightning.compat import callback_bases, grad_scaler
 from ._lightning.sinks import LoggerSink, sinks_for_loggers
-from ._validate import check_choice, check_int
-from .clipping import Clipper, as_clipper
-from ._dashboard import DashboardLogger, HistogramOf
-from ._errors import ConfigurationError
-from ._hooks.probe import NanOrigin, resolve_nan_origin
 from ._sinks import Sink
 from ._thresholds import Thresholds
-from ._watcher import GradWatchWarning, NonFiniteAction, SpikeAction, Watcher
+from ._validate import check_choice
+from ._watcher import Watcher
+from .clipping import Clipper
 
 __all__ = ["GradWatchCallback", "LoggerSink", "OnNonFinite"]
 
@@ -145,48 +145,43 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         nan_origin: NanOrigin | None = None,
     ) -> None:
         super().__init__()
-        self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, minimum=1)
-        if thresholds is not None and not isinstance(thresholds, Thresholds):
-            raise ConfigurationError(f"thresholds={thresholds!r} must be a gradwatch.Thresholds or None.")
-        self.thresholds = thresholds
-        self.clip = as_clipper(clip)
-        self.on_nonfinite: OnNonFinite = check_choice(  # type: ignore[assignment]
-            "on_nonfinite", on_nonfinite, get_args(OnNonFinite))
-        self.layers = layers
-        self.sinks = list(sinks)
-        for s in self.sinks:
-            if not isinstance(s, Sink):
-                raise ConfigurationError(f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
+        check_choice("on_nonfinite", on_nonfinite, get_args(OnNonFinite))
         for name, flag in (("progress_bar", progress_bar), ("summary", summary)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"{name}={flag!r} must be True or False.")
+        #: The watcher's configuration (``every_n_steps`` is set from the Trainer at ``setup`` when ``None`` here).
+        self.config = WatchConfig(
+            every_n_steps=1 if every_n_steps is None else every_n_steps, thresholds=thresholds, clip=clip,
+            on_nonfinite=engine_action(on_nonfinite), layers=layers, sinks=sinks, on_spike=on_spike,
+            histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
+            figure_every_n_steps=figure_every_n_steps, activations=activations,
+            activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin,
+            amp_overflow_patience=amp_overflow_patience)
+        self.every_n_steps = every_n_steps
+        self._layers_key = layers  # as given: the checkpoint key of earlier versions
+        self.on_nonfinite: OnNonFinite = on_nonfinite
         self.progress_bar = progress_bar
-        self.amp_overflow_patience = check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
         self.summary = summary
-        self.on_spike: SpikeAction = check_choice("on_spike", on_spike, get_args(SpikeAction))  # type: ignore[assignment]
-        self._dashboard = {"histogram_every_n_steps": histogram_every_n_steps, "histograms": histograms,
-                           "figure_every_n_steps": figure_every_n_steps}
-        DashboardLogger((), **self._dashboard)  # type: ignore[arg-type]  # validates now, not at fit time
-        if not (isinstance(activations, (bool, str)) or
-                (isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))):
-            raise ConfigurationError(f"activations={activations!r} must be True/False, a glob over module names, or a "
-                                     "sequence of globs.")
-        if activation_every_n_steps is not None:
-            check_int("activation_every_n_steps", activation_every_n_steps, minimum=1)
-        self._hooks = {"activations": activations, "activation_every_n_steps": activation_every_n_steps,
-                       "nan_origin": resolve_nan_origin(nan_origin, activations)}
         self.watcher: Watcher | None = None
         self._pending_state: dict[str, Any] | None = None
         self._loss: Tensor | None = None
         self._rank_zero = True
         self._active = False  # a watcher is open (between setup and teardown)
 
+    clip = property(lambda self: self.config.clipper, doc="The clipper (``None``: no clipping by the callback).")
+    layers = property(lambda self: self.config.layers, doc="The ``layers`` globs (``None``: every layer).")
+    thresholds = property(lambda self: self.config.thresholds, doc="The rules' parameters.")
+    on_spike = property(lambda self: self.config.on_spike, doc="What to do on a ``spike`` symptom.")
+    sinks = property(lambda self: list(self.config.sinks), doc="The extra sinks given (written on rank zero).")
+    amp_overflow_patience = property(lambda self: self.config.amp_overflow_patience)
+
     @property
     @override
     def state_key(self) -> str:
         # Stable across runs: the clipper's class, not its repr (a stateful clipper's repr shows its state).
         clip = None if self.clip is None else type(self.clip).__name__
-        return self._generate_state_key(layers=self.layers, clip=clip)
+        key: str = self._generate_state_key(layers=self._layers_key, clip=clip)
+        return key
 
     # ------------------------------------------------------------------ lifecycle
     @override
@@ -212,17 +207,13 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
 
     def _build(self, trainer: Any, pl_module: Any) -> None:
         self._rank_zero = bool(trainer.is_global_zero)
-        sinks: list[Sink] = []
-        if self._rank_zero:  # other ranks compute and decide, but never write
-            sinks = sinks_for_loggers(trainer.loggers) + self.sinks
+        # Other ranks compute and decide, but never write.
+        sinks: list[Sink] = sinks_for_loggers(trainer.loggers) if self._rank_zero else []
         # Several processes: the strategy's wrapper (DDP, FSDP) tells gradwatch how the gradients are held; the layer
         # names are the LightningModule's either way (wrapper prefixes are dropped).
         model = trainer.strategy.model if trainer.world_size > 1 and trainer.strategy.model is not None else pl_module
-        self.watcher = Watcher(
-            model, every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
-            thresholds=self.thresholds, clip=self.clip, on_nonfinite=engine_action(self.on_nonfinite),
-            layers=self.layers, sinks=sinks, on_spike=self.on_spike, **self._dashboard, **self._hooks)
-        self.watcher.amp_overflow_patience = self.amp_overflow_patience
+        config = self.config.replace(every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)))
+        self.watcher = Watcher(model, config if self._rank_zero else config.replace(sinks=()), sinks=sinks)
         self._active = True
         if self._pending_state is not None:
             self.watcher.load_state_dict(self._pending_state)
@@ -309,6 +300,7 @@ def _any_rank(trainer: Any) -> Any:
     """A ``reduce_flag`` for the watcher: the largest flag of every rank, through the Trainer's strategy."""
 
     def reduce(flag: Tensor) -> Tensor:
-        return trainer.strategy.reduce(flag.to(torch.float32), reduce_op="max")
+        out: Tensor = trainer.strategy.reduce(flag.to(torch.float32), reduce_op="max")
+        return out
 
     return reduce

@@ -1,0 +1,74 @@
+"""Wiring: the stages of one watcher, built from a model, a :class:`~gradwatch.WatchConfig` and the adapter's sinks.
+
+Kept apart from :mod:`gradwatch._watcher`, which runs the stages; here they are only made and connected. Everything
+that could be invalid was checked by the config, or is checked here before any side effect (the ``layers`` and
+``activations`` globs against the model) — hooks are attached and files opened last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._actions import AmpState
+from ._advice import ModelTraits
+from ._config import WatchConfig
+from ._dashboard import DashboardLogger
+from ._distributed import DistributedContext, detect
+from ._evaluate import Evaluator
+from ._fanout import Fanout
+from ._hooks.probe import ActivationProbe
+from ._layers import Layer, discover_layers, unwrap_model
+from ._measure import Measure
+from ._replaced import ReplacedCheck
+from ._sinks import Sink, TensorBoardSink
+from ._stats import StatsEngine
+
+__all__ = ["Stages", "assemble"]
+
+
+@dataclass
+class Stages:
+    """The parts of one watcher (see :mod:`gradwatch._watcher` for how a step flows through them)."""
+
+    layers: list[Layer]
+    dist: DistributedContext | None  # None in one process
+    probe: ActivationProbe | None  # None without activations or NaN-origin hooks
+    engine: StatsEngine
+    measure: Measure
+    evaluate: Evaluator
+    fanout: Fanout
+    replaced: ReplacedCheck
+    amp: AmpState
+
+
+def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
+    layers = discover_layers(model, c.layers)
+    # Several processes (gradwatch._distributed): statistics reduced across ranks, rank zero writes alone.
+    dist = detect(model, layers) if c.distributed == "auto" else None
+    if dist is not None:
+        dist.check_config(clipper=c.clipper, histograms=c.histogram_every_n_steps is not None)
+        dist.agree_on_layers([layer.name for layer in layers])
+    writes = dist is None or dist.rank == 0
+    probe = ActivationProbe(model, activations=c.activations, nan_origin=c.origin,
+                            every_n_steps=c.every_n_steps if c.activation_every_n_steps is None
+                            else c.activation_every_n_steps, thresholds=c.rules)
+    dashboard = DashboardLogger(layers, histogram_every_n_steps=c.histogram_every_n_steps, histograms=c.histograms,
+                                figure_every_n_steps=c.figure_every_n_steps)
+    outputs = [*sinks, *c.sinks] if writes else []
+    if writes and (c.log_dir is not None or c.writer is not None):
+        outputs.insert(0, TensorBoardSink(log_dir=c.log_dir, writer=c.writer))
+    hooks = probe if probe.enabled else None
+    engine = StatsEngine(layers, dist=dist)
+    traits = ModelTraits.of(unwrap_model(model), depth=len(layers))
+    amp = AmpState(patience=c.amp_overflow_patience)
+    return Stages(
+        layers=layers, dist=dist, probe=hooks, engine=engine,
+        measure=Measure(layers, engine, c.clipper, dashboard, hooks),
+        evaluate=Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp),
+        fanout=Fanout(outputs, dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike, speaks=writes),
+        # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
+        replaced=ReplacedCheck(layers, active=dist is None or dist.kinds == ("replicated",)), amp=amp,
+    )

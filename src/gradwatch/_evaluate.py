@@ -1,0 +1,86 @@
+"""Host-side evaluation of one step: its unpacked values into :class:`HostStats`, the rules into symptoms.
+
+Runs once a step's packed vector is on the host (:mod:`gradwatch._transport`). It reads the vector through the
+step's :class:`~gradwatch._layout.Layout`, applies the gradient rules (:mod:`gradwatch._rules`) and the activation
+probe's rules, and treats a transient fp16 loss-scaler overflow as the scaler's business (an event, no symptom).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._actions import AmpState, is_persistent_overflow
+from ._advice import ModelTraits
+from ._rules import HostStats, RuleState, evaluate
+from ._stats import host_nonfinite_codes
+from ._step import Record, amp_event, amp_persistent
+from ._symptoms import Symptom
+from ._thresholds import Thresholds
+
+__all__ = ["Evaluation", "Evaluator"]
+
+_NONE = np.empty(0)
+
+
+@dataclass
+class Evaluation:
+    """What one step's host values say."""
+
+    stats: HostStats
+    symptoms: list[Symptom]
+    onsets: list[Symptom]  # the symptoms that start at this step
+    events: list[Symptom] = field(default_factory=list)  # history-only events (fp16 scaler overflows)
+    probe_scalars: dict[str, float] = field(default_factory=dict)
+    histograms: np.ndarray | None = None  # the step's histogram slice, for the dashboard
+
+
+def host_stats(r: Record, names: Sequence[str], parts: dict[str, np.ndarray]) -> HostStats:
+    """The step's per-layer statistics from its unpacked slices; the extras land in ``r.extra_values``."""
+    sumsq, maxabs = parts["sumsq"], parts["max"]
+    for tag, value in zip(r.extra_tags, parts.get("extras", np.empty(0)), strict=True):
+        r.extra_values[tag] = float(value)
+    stats = HostStats(
+        step=r.step, names=names, grad_norm=np.sqrt(sumsq), grad_max=maxabs,
+        nonfinite=host_nonfinite_codes(sumsq, maxabs), has_grad=np.asarray(r.has_grad, dtype=bool),
+        numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(parts["global_norm"][0]),
+        clipped_norm=float(parts["clipped_norm"][0]), param_norm=parts.get("param_norm") if r.logged else None,
+    )
+    stats.extras = r.extra_values
+    return stats
+
+
+class Evaluator:
+    """Rules over a step's host values; holds the rules' state across steps."""
+
+    def __init__(self, names: Sequence[str], thresholds: Thresholds, traits: ModelTraits, probe: Any,
+                 amp: AmpState) -> None:
+        self.names = list(names)
+        self.thresholds = thresholds
+        self.traits = traits
+        self.rules = RuleState(len(self.names))
+        self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
+        self.amp = amp  # the loss scaler's overflow state: its patience decides what is persistent
+
+    def __call__(self, r: Record) -> Evaluation:
+        if r.host_vec is None:
+            raise RuntimeError(f"step {r.step} is not on the host yet")  # an invariant of the transport
+        parts = r.layout.unpack(r.host_vec)
+        stats = host_stats(r, self.names, parts)
+        out = Evaluation(stats=stats, symptoms=[], onsets=[], histograms=parts.get("histograms"))
+        persistent = is_persistent_overflow(r.amp_overflow, r.amp_streak, self.amp.patience)
+        if r.amp_overflow and not persistent:
+            out.events.append(amp_event(r))  # the scaler's business: it skips this step; the rules do not see it
+        else:
+            out.symptoms, out.onsets = evaluate(stats, self.thresholds, self.rules, self.traits)
+            if persistent:
+                out.symptoms = [amp_persistent(s, r) if s.kind == "nonfinite" else s for s in out.symptoms]
+                out.onsets = [amp_persistent(s, r) if s.kind == "nonfinite" else s for s in out.onsets]
+        if r.probe is not None and self.probe is not None:
+            out.symptoms, out.onsets, out.probe_scalars = self.probe.process(r.probe, parts.get("probe", _NONE),
+                                                                             out.symptoms,
+                                                                             out.onsets, stats)
+        return out

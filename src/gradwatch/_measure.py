@@ -1,0 +1,109 @@
+"""Device-side measurement of one step: statistics, clipping, the step's extra values, packed into one vector.
+
+Nothing here waits for the device. :meth:`Measure.start` reduces the gradients (:mod:`gradwatch._stats`);
+:meth:`Measure.finish` clips them (unless the step is dropped), gathers the extra values (what the clipper did, the
+AMP scale, the loss), the parameter norms of a logged step, the histograms and the activation probe's values, and
+packs them as :class:`~gradwatch._layout.Layout` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._dashboard import DashboardLogger
+from ._layers import Layer
+from ._layout import Layout
+from ._stats import DeviceStats, StatsEngine
+from ._step import Record
+from .clipping import Clipper
+
+__all__ = ["Measure", "Measured"]
+
+_CLIP_TAGS = ("threshold", "coef", "active_frac", "clipped")
+
+
+@dataclass
+class Measured:
+    """A step between its statistics and its packing."""
+
+    step: int
+    logged: bool
+    dev: DeviceStats
+
+    @property
+    def home(self) -> torch.device:
+        return self.dev.total_norm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dev.total_norm.dtype
+
+    def value(self, x: Tensor | float) -> Tensor:
+        """``x`` as a 1-element tensor of the step's dtype on its device (no wait)."""
+        t = x.detach() if isinstance(x, Tensor) else torch.tensor(float(x))
+        return t.reshape(1).to(self.home, self.dtype, non_blocking=True)
+
+
+class Measure:
+    """The device side of :meth:`gradwatch.Watcher.step`."""
+
+    def __init__(self, layers: Sequence[Layer], engine: StatsEngine, clipper: Clipper | None,
+                 dashboard: DashboardLogger, probe: Any) -> None:
+        self.layers = layers
+        self.engine = engine
+        self.clipper = clipper
+        self.dashboard = dashboard
+        self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
+
+    def start(self, step: int, logged: bool) -> Measured:
+        """This step's per-layer statistics, on the device."""
+        return Measured(step, logged, self.engine.compute(with_params=logged))
+
+    def finish(self, m: Measured, record: Record, *, clip: bool, loss: Tensor | float | None,
+               loss_scale: Tensor | float | None) -> None:
+        """Clip (when ``clip``), gather the step's values and pack them into ``record``."""
+        dev = m.dev
+        parts: dict[str, Tensor] = {"sumsq": dev.layer_sumsq, "max": dev.layer_max, "global_norm": dev.total_norm}
+        extras: list[Tensor] = []
+        tail = self.dashboard.device_part(m.step, self.layers, m.home, m.dtype)  # histograms before clipping
+        clipper = self.clipper if clip else None
+        clipped = dev.total_norm if clipper is None else _clip(clipper, m, record, extras)
+        parts["clipped_norm"] = clipped.reshape(1).to(m.dtype)
+        if loss_scale is not None:
+            record.extra_tags.append("gradwatch/amp/scale")
+            extras.append(m.value(loss_scale))
+        if loss is not None:
+            record.extra_tags.append("gradwatch/loss")
+            extras.append(m.value(loss))
+        if extras:
+            parts["extras"] = torch.cat(extras)
+        if record.logged:
+            parts["param_norm"] = dev.param_norm if dev.param_norm is not None else self.engine.param_norms()
+        if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
+            parts["histograms"] = tail
+        if self.probe is not None:  # the hooks' values travel in the same vector
+            probe_values, record.probe = self.probe.collect(m.step, m.home, m.dtype)
+            if probe_values is not None:
+                parts["probe"] = probe_values
+        record.layout, record.packed = Layout.pack(parts)
+
+
+def _clip(clipper: Clipper, m: Measured, record: Record, extras: list[Tensor]) -> Tensor:
+    """Run the clipper; its values become the step's extras (tensors) or extra values (host numbers)."""
+    record.clipped_by_watcher = True
+    result = clipper.clip(m.dev.batch)
+    clipped = result.clipped_norm if result.clipped_norm is not None else m.dev.batch.recompute_total_norm()
+    for name in _CLIP_TAGS:
+        value = getattr(result, name)
+        tag = f"gradwatch/clip/{name}"
+        if isinstance(value, Tensor):
+            record.extra_tags.append(tag)
+            extras.append(value.detach().reshape(1).to(m.home, m.dtype))
+        elif value is not None:
+            record.extra_values[tag] = float(value)
+    return clipped

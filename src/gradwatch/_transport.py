@@ -1,0 +1,97 @@
+"""Transport of packed step vectors to the host: pending records, transfers, unpacking.
+
+Steps queue their packed device vector here. :meth:`Transport.send` moves every step not yet on its way as one
+vector (one transfer per logged step): on the CPU it is there at once; on CUDA it is a non-blocking copy into pinned
+memory, read once its event says it has landed (the next step, usually), so that a step never waits for the device
+unless asked to (:meth:`Transport.resolve`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._step import Record
+
+__all__ = ["Transport"]
+
+
+@dataclass
+class _Transfer:
+    records: list[Record]
+    buffer: Tensor
+    event: Any  # torch.cuda.Event
+
+
+class Transport:
+    """Pending records in step order, their transfers, and their hand-over to ``process`` once on the host."""
+
+    def __init__(self, process: Callable[[Record], None]) -> None:
+        self._process = process
+        self.pending: list[Record] = []
+        self._transfers: list[_Transfer] = []
+
+    def queue(self, record: Record) -> None:
+        self.pending.append(record)
+
+    def send(self) -> None:
+        """Move every step not yet on its way to the host, as one vector."""
+        records = [r for r in self.pending if not r.sent]
+        if not records:
+            return
+        for r in records:
+            r.sent = True
+        payload = torch.cat([r.packed for r in records if r.packed is not None])
+        if payload.device.type == "cpu":
+            _distribute(records, payload.numpy())
+        elif payload.device.type == "cuda":
+            buffer = torch.empty(payload.shape, dtype=payload.dtype, pin_memory=True)
+            buffer.copy_(payload, non_blocking=True)  # not a sync: read once the event says it has landed
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record(torch.cuda.current_stream(payload.device))  # the copy's stream, not cuda:0's
+            self._transfers.append(_Transfer(records, buffer, event))
+        else:
+            _distribute(records, payload.cpu().numpy())  # Intended host sync: other devices have no event API here.
+
+    def collect(self, *, wait: bool = False) -> None:
+        """Unpack the transfers that have landed (all of them with ``wait``) and process the records now on the host,
+        in step order."""
+        while self._transfers:
+            t = self._transfers[0]
+            if not wait and not t.event.query():
+                break
+            if wait:
+                t.event.synchronize()  # Intended host sync, only when waiting: the copy was queued a step or more ago.
+            _distribute(t.records, t.buffer.numpy())
+            self._transfers.pop(0)
+        while self.pending and self.pending[0].host_vec is not None:
+            self._process(self.pending.pop(0))
+
+    def resolve(self, record: Record) -> None:
+        """Bring ``record`` and every earlier step to the host and process them (a sync if not there yet)."""
+        if record.stats is not None:
+            return
+        self.send()
+        self.collect(wait=True)
+
+    def resolve_all(self) -> None:
+        """Bring every pending step to the host and process it."""
+        if self.pending:
+            self.resolve(self.pending[-1])
+
+    def clear(self) -> None:
+        self._transfers.clear()
+
+
+def _distribute(records: list[Record], vec: np.ndarray) -> None:
+    offset = 0
+    for r in records:
+        n = r.layout.size
+        r.host_vec = np.array(vec[offset:offset + n], dtype=np.float64)
+        r.packed = None
+        offset += n
