@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from ._errors import ConfigurationError
+from ._globs import match_globs
 
 __all__ = ["ROOT_LAYER", "Layer", "discover_layers", "replaced_parameters", "unwrap_model"]
 
@@ -39,7 +39,8 @@ class Layer:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Peel off wrappers that add a prefix to names (DDP/DataParallel ``module.``, ``torch.compile``'s ``_orig_mod.``)."""
+    """Peel off wrappers that add a prefix to names (DDP/DataParallel ``module.``, ``torch.compile``'s
+    ``_orig_mod.``)."""
     seen = 0
     while seen < 8:
         seen += 1
@@ -70,7 +71,7 @@ def replaced_parameters(model: nn.Module, layer: Layer) -> list[str]:
     """
     root = unwrap_model(model)
     out = []
-    for path, p in zip(layer.paths, layer.params):
+    for path, p in zip(layer.paths, layer.params, strict=False):  # a Layer made without paths: nothing to check
         try:
             now = root.get_parameter(path)
         except AttributeError:
@@ -95,35 +96,53 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
         ['0', '2']
     """
     model = unwrap_model(model)
-    seen: set[int] = set()
-    layers: list[Layer] = []
-    for name, module in model.named_modules():
-        own, paths = [], []
-        for attr, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            own.append(p)
-            paths.append(f"{name}.{attr}" if name else attr)
-        if own:
-            name = ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS) if name else name
-            layers.append(Layer(name=name or ROOT_LAYER, kind=_kind(module), params=tuple(own), paths=tuple(paths)))
+    layers = _all_layers(model)
     if not layers:
         raise ConfigurationError(f"{type(model).__name__} has no parameters: there is nothing for gradwatch to watch.")
     if patterns is None:
         return layers
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    patterns = list(patterns)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ConfigurationError(f"layers={patterns!r} must be a non-empty glob string or a sequence of them.")
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in layers):
-            names = ", ".join(layer.name for layer in layers[:12]) + (", ..." if len(layers) > 12 else "")
-            raise ConfigurationError(
-                f"layers pattern {pattern!r} matches no layer of {type(model).__name__}; its layers are: {names}."
-            )
-    return [layer for layer in layers if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
+    model_name = type(model).__name__.replace("{", "{{").replace("}", "}}")  # literal text in match_globs' template
+    keep = match_globs([layer.name for layer in layers], _layer_patterns(patterns),
+                       what=f"layers pattern {{pattern}} matches no layer of {model_name}; its layers are")
+    return [layer for layer, kept in zip(layers, keep, strict=True) if kept]
+
+
+def _all_layers(model: nn.Module) -> list[Layer]:
+    """Every layer of ``model`` (unwrapped already), in registration order; tied parameters go to the first owner."""
+    seen: set[int] = set()
+    layers: list[Layer] = []
+    for path, module in model.named_modules():
+        own, paths = _own_parameters(path, module, seen)
+        if own:
+            layers.append(Layer(name=_layer_name(path), kind=_kind(module), params=tuple(own), paths=tuple(paths)))
+    return layers
+
+
+def _own_parameters(path: str, module: nn.Module, seen: set[int]) -> tuple[list[nn.Parameter], list[str]]:
+    """The parameters ``module`` (at ``path``) registers itself that no module before it did (``seen``, updated),
+    and their paths."""
+    own, paths = [], []
+    for attr, p in module.named_parameters(recurse=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        own.append(p)
+        paths.append(f"{path}.{attr}" if path else attr)
+    return own, paths
+
+
+def _layer_name(path: str) -> str:
+    """The layer name of the module at ``path``: the path without wrapper segments, :data:`ROOT_LAYER` if empty."""
+    name = ".".join(part for part in path.split(".") if part not in _WRAPPER_SEGMENTS) if path else path
+    return name or ROOT_LAYER
+
+
+def _layer_patterns(patterns: str | Sequence[str]) -> list[str]:
+    """``layers=`` as a list of globs; raises ConfigurationError unless it is one non-empty glob or several."""
+    listed = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not listed or not all(isinstance(p, str) and p for p in listed):
+        raise ConfigurationError(f"layers={listed!r} must be a non-empty glob string or a sequence of them.")
+    return listed
 
 
 def _kind(module: nn.Module) -> str:

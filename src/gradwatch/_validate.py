@@ -31,15 +31,23 @@ def check_number(
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
         raise ConfigurationError(f"{name}={value!r} must be a finite number.")
+    _check_sign(name, value, v, positive=positive, nonnegative=nonnegative)
+    _check_bounds(name, value, v, at_most=at_most, below=below)
+    return v
+
+
+def _check_sign(name: str, value: Any, v: float, *, positive: bool, nonnegative: bool) -> None:
     if positive and not v > 0:
         raise ConfigurationError(f"{name}={value!r} must be > 0.")
     if nonnegative and not v >= 0:
         raise ConfigurationError(f"{name}={value!r} must be >= 0.")
+
+
+def _check_bounds(name: str, value: Any, v: float, *, at_most: float | None, below: float | None) -> None:
     if at_most is not None and v > at_most:
         raise ConfigurationError(f"{name}={value!r} must be <= {at_most}.")
     if below is not None and not v < below:
         raise ConfigurationError(f"{name}={value!r} must be < {below}.")
-    return v
 
 
 def check_int(name: str, value: Any, *, minimum: int = 0) -> int:

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["OutputKind", "classify", "output_stats"]
+from .._tensors import LOW_PRECISION
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+__all__ = ["OutputKind", "classify", "flag", "output_stats"]
+
 _RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.Threshold, nn.Hardswish)
 _SIGMOID_LO = (1.0 - math.sqrt(0.9)) / 2.0  # y(1-y) = 0.025
 
@@ -80,7 +81,7 @@ def output_stats(y: Tensor, kind: OutputKind) -> list[Tensor]:
     is a single reduction or an in-place elementwise op, the cheapest forms measured on the CPU.
     """
     y = y.detach()
-    acc = torch.float32 if y.dtype in _LOW_PRECISION else None
+    acc = torch.float32 if y.dtype in LOW_PRECISION else None
     total = y.sum(dtype=acc)
     out = [total, torch.linalg.vector_norm(y, dtype=acc),
            torch.linalg.vector_norm(y - total / y.numel(), dtype=acc)]
@@ -101,4 +102,5 @@ def output_stats(y: Tensor, kind: OutputKind) -> list[Tensor]:
 
 def flag(t: Tensor) -> Tensor:
     """Finiteness flag of a tensor: its L2 norm (NaN if any NaN, else Inf if any Inf; finite otherwise)."""
-    return torch.linalg.vector_norm(t.detach(), dtype=torch.float32 if t.dtype in _LOW_PRECISION else None)
+    norm: Tensor = torch.linalg.vector_norm(t.detach(), dtype=torch.float32 if t.dtype in LOW_PRECISION else None)
+    return norm

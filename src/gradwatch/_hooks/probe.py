@@ -18,7 +18,6 @@ Costs and how they are kept down:
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import warnings
 import weakref
@@ -30,16 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import rules
-from .activations import OutputKind, classify, flag, output_stats
-from .._validate import check_choice, check_int
 from .._errors import ConfigurationError, GradWatchWarning
-from .._layers import ROOT_LAYER, unwrap_model
+from .._globs import match_globs
+from .._layers import ROOT_LAYER, is_floating, unwrap_model
 from .._rules import HostStats
 from .._symptoms import Symptom
 from .._thresholds import Thresholds
+from .._validate import check_choice, check_int
+from . import rules
+from .activations import OutputKind, classify, flag, output_stats
 
-__all__ = ["ACTIVATION_KINDS", "ActivationProbe", "NanOrigin"]
+__all__ = ["ACTIVATION_KINDS", "ActivationProbe", "NanOrigin", "resolve_nan_origin"]
 
 #: ``"off"``; ``"sampled"``: on the steps that sample activations; ``"every_step"``: on every step.
 NanOrigin = Literal["off", "sampled", "every_step"]
@@ -144,7 +144,8 @@ class ActivationProbe:
         self._mods = [weakref.ref(m) for _, m in named]
         self._root = weakref.ref(root)
         selected = _select(self.names, activations)
-        self._kinds: list[OutputKind | None] = [classify(m) if keep else None for (_, m), keep in zip(named, selected)]
+        self._kinds: list[OutputKind | None] = [classify(m) if keep else None
+                                                for (_, m), keep in zip(named, selected, strict=True)]
         self.enabled = any(selected) or self.nan_origin != "off"
         if self.enabled and _is_compiled(model, root):
 
@@ -172,28 +173,14 @@ class ActivationProbe:
         self._flags_on = self.nan_origin == "every_step" or (self.nan_origin == "sampled" and sampled)
         want = self._stats_on or self._flags_on
         if want and not self._handles:
-            for i, ref in enumerate(self._mods):
-                module = ref()
-                if module is not None and (self._flags_on or self._kinds[i] is not None):
-                    self._handles.append(module.register_forward_hook(
-                        functools.partial(self._on_forward, i), with_kwargs=True))
+            self._add_hooks()
         elif not want and self._handles:
             self._remove_hooks()
 
     def collect(self, step: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor | None, _Token | None]:
         """This step's recorded device values as one vector on ``device`` (or ``None``), and the token to decode it."""
         sampled = self._stats_on
-        root = self._root()
-        # Hooks on, a training-mode model, and not one call: compiled code ran instead (torch.compile does not
-        # re-trace when hooks are added after compiling, so the hooks may not even be called).
-        self._silent = self._silent + 1 if self._handles and not self._calls and root is not None and root.training \
-            else 0
-        if (self._compiling_seen or self._silent >= 3) and not self._compile_warned:
-            self._compile_warned = True
-
-            warnings.warn("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
-                          "(compiled code skips gradwatch's hooks), or its forward calls none of the hooked modules. "
-                          "The gradient statistics still work.", GradWatchWarning, stacklevel=3)
+        self._warn_if_silent()
         for h in self._tensor_handles:  # the graph that held them is normally gone; retain_graph=True is not
             h.remove()
         events = [(slot, self._buffer.add(t)) for slot, t in self._grads]
@@ -215,34 +202,19 @@ class ActivationProbe:
         the activation symptoms added, the onsets likewise, and the scalars to log.
         """
         v = np.asarray(values, dtype=np.float64)[token.perm]
-        calls, events = token.calls, token.events
         scalars: dict[str, float] = {}
         if token.sampled:
-            act = rules.module_stats(calls, v, self._kinds)
-            grad_out = rules.grad_out_norms(calls, events, v)
-            for i, s in act.items():
-                name = self.names[i]
-                scalars[f"gradwatch/act_mean/{name}"] = s.mean
-                scalars[f"gradwatch/act_std/{name}"] = s.std
-                scalars[f"gradwatch/act_zero_frac/{name}"] = s.zero_frac
-                if s.saturated_frac is not None:
-                    scalars[f"gradwatch/act_saturated_frac/{name}"] = s.saturated_frac
-                if s.dead_frac is not None:
-                    scalars[f"gradwatch/act_dead_frac/{name}"] = s.dead_frac
-            for i, norm in grad_out.items():
-                if self._kinds[i] is not None:
-                    scalars[f"gradwatch/grad_out_norm/{self.names[i]}"] = norm
+            act = rules.module_stats(token.calls, v, self._kinds)
+            scalars = self._activation_scalars(act, rules.grad_out_norms(token.calls, token.events, v))
             found, started = rules.activation_symptoms(
-                token.step, {self.names[i]: s for i, s in act.items()}, dict(zip(self.names, self._types)),
-                self.thresholds, self._state)
+                token.step, {self.names[i]: s for i, s in act.items()},
+                dict(zip(self.names, self._types, strict=True)), self.thresholds, self._state)
             symptoms = symptoms + found
             onsets = onsets + started
         if any(s.kind == "nonfinite" for s in symptoms):
-            param_norm = dict(zip(stats.names, stats.param_norm.tolist())) \
-                if stats is not None and stats.param_norm is not None else None
-            origin = rules.locate_origin(calls, events, v, self.names, self._types,
+            origin = rules.locate_origin(token.calls, token.events, v, self.names, self._types,
                                          [s.layer for s in symptoms if s.kind == "nonfinite" and s.layer is not None],
-                                         param_norm)
+                                         _param_norms(stats))
             if origin is not None:
                 symptoms, onsets = _with_origin(symptoms, onsets, origin)
         return symptoms, onsets, scalars
@@ -268,47 +240,53 @@ class ActivationProbe:
     # ------------------------------------------------------------------ hooks
     def _on_forward(self, index: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                     output: Any) -> None:
-        if not self._live or len(self._calls) >= _MAX_CALLS or not torch.is_grad_enabled():
-            return
-        if torch.compiler.is_compiling():
-            self._compiling_seen = True
-            return
-        root = self._root()
-        if root is None or not root.training:
-            return
-        # Activation checkpointing (torch.utils.checkpoint, non-reentrant) runs a module's forward again inside
-        # backward to rebuild what it dropped: the same values, not another call. The reentrant variant runs its first
-        # forward without grad (skipped above), so its recomputation is the one recorded.
-        if _graph_task_id() == -1:
-            self._forward_seen.add(index)
-        elif index in self._forward_seen:
+        if not self._records(index):
             return
         outs = _floating(output)
         if not outs:
             return
         kind = self._kinds[index] if self._stats_on else None
         call = rules.Call(index)
-        first_flag = -1
-        if kind is not None:
-            handles = [self._buffer.add(t) for t in output_stats(outs[0], kind)]
-            call.stats = handles
-            call.numel = outs[0].numel()
-            call.units = call.numel // outs[0].shape[0] if outs[0].dim() >= 2 else call.numel
-            first_flag = handles[1]  # the output's L2 norm is its finiteness flag
-        if not self._flags_on:
-            inputs = []
-        elif not kwargs and len(args) == 1 and isinstance(args[0], Tensor):
-            inputs = _floating(args[0])
-        else:
-            inputs = _floating((args, kwargs))
+        first_flag = self._record_stats(call, outs[0], kind) if kind is not None else -1
         if self._flags_on:
-            call.inputs = [self._input_flag(t, outs) for t in inputs]
-            call.outputs = [self._output_flag(t, first_flag if j == 0 else -1) for j, t in enumerate(outs)]
-        if self._flags_on:  # inputs first: an in-place module's input is its output's earlier version
-            call.in_slots = [self._slot(t, stale_ok=any(o is t for o in outs)) for t in inputs if t.requires_grad]
-        if kind is not None or self._flags_on:
+            self._record_flags(call, _inputs(args, kwargs), outs, first_flag)
+        elif kind is not None:
             call.out_slots = [self._slot(t) for t in outs if t.requires_grad]
         self._calls.append(call)
+
+    def _records(self, index: int) -> bool:
+        """Whether the forward call of module ``index`` that just ran is recorded."""
+        if not self._live or len(self._calls) >= _MAX_CALLS or not torch.is_grad_enabled():
+            return False
+        if torch.compiler.is_compiling():
+            self._compiling_seen = True
+            return False
+        root = self._root()
+        if root is None or not root.training:
+            return False
+        # Activation checkpointing (torch.utils.checkpoint, non-reentrant) runs a module's forward again inside
+        # backward to rebuild what it dropped: the same values, not another call. The reentrant variant runs its first
+        # forward without grad (skipped above), so its recomputation is the one recorded.
+        if _graph_task_id() == -1:
+            self._forward_seen.add(index)
+            return True
+        return index not in self._forward_seen
+
+    def _record_stats(self, call: rules.Call, out: Tensor, kind: OutputKind) -> int:
+        """Record the statistics of ``out`` (the call's first output); returns the handle of its finiteness flag."""
+        handles = [self._buffer.add(t) for t in output_stats(out, kind)]
+        call.stats = handles
+        call.numel = out.numel()
+        call.units = call.numel // out.shape[0] if out.dim() >= 2 else call.numel
+        return handles[1]  # the output's L2 norm is its finiteness flag
+
+    def _record_flags(self, call: rules.Call, inputs: list[Tensor], outs: list[Tensor], first_flag: int) -> None:
+        """Record the finiteness flags of the call's inputs and outputs, and hook their gradients."""
+        call.inputs = [self._input_flag(t, outs) for t in inputs]
+        call.outputs = [self._output_flag(t, first_flag if j == 0 else -1) for j, t in enumerate(outs)]
+        # inputs first: an in-place module's input is its output's earlier version
+        call.in_slots = [self._slot(t, stale_ok=any(o is t for o in outs)) for t in inputs if t.requires_grad]
+        call.out_slots = [self._slot(t) for t in outs if t.requires_grad]
 
     def _on_grad(self, slot: int, grad: Tensor | None) -> None:
         if self._live and grad is not None:
@@ -342,7 +320,8 @@ class ActivationProbe:
         if seen.slot < 0 or (seen.slot_version != t._version and not stale_ok):
             seen.slot, seen.slot_version = self._next_slot, t._version
             self._next_slot += 1
-            self._tensor_handles.append(t.register_hook(functools.partial(self._on_grad, seen.slot)))
+            self._tensor_handles.append(
+                t.register_hook(functools.partial(self._on_grad, seen.slot)))  # type: ignore[no-untyped-call]
         return seen.slot
 
     # ------------------------------------------------------------------ internals
@@ -355,10 +334,48 @@ class ActivationProbe:
         self._tensor_handles = []
         self._next_slot = 0
 
+    def _add_hooks(self) -> None:
+        for i, ref in enumerate(self._mods):
+            module = ref()
+            if module is not None and (self._flags_on or self._kinds[i] is not None):
+                self._handles.append(module.register_forward_hook(
+                    functools.partial(self._on_forward, i), with_kwargs=True))
+
     def _remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+    def _warn_if_silent(self) -> None:
+        """Warn once when the hooks see compiled code, or record nothing for 3 steps in a row."""
+        root = self._root()
+        # Hooks on, a training-mode model, and not one call: compiled code ran instead (torch.compile does not
+        # re-trace when hooks are added after compiling, so the hooks may not even be called).
+        self._silent = self._silent + 1 if self._handles and not self._calls and root is not None and root.training \
+            else 0
+        if (self._compiling_seen or self._silent >= 3) and not self._compile_warned:
+            self._compile_warned = True
+
+            warnings.warn("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
+                          "(compiled code skips gradwatch's hooks), or its forward calls none of the hooked modules. "
+                          "The gradient statistics still work.", GradWatchWarning, stacklevel=4)
+
+    def _activation_scalars(self, act: dict[int, rules.ActStats], grad_out: dict[int, float]) -> dict[str, float]:
+        """The scalars of a sampled step: each module's activation statistics and output-gradient norm."""
+        scalars: dict[str, float] = {}
+        for i, s in act.items():
+            name = self.names[i]
+            scalars[f"gradwatch/act_mean/{name}"] = s.mean
+            scalars[f"gradwatch/act_std/{name}"] = s.std
+            scalars[f"gradwatch/act_zero_frac/{name}"] = s.zero_frac
+            if s.saturated_frac is not None:
+                scalars[f"gradwatch/act_saturated_frac/{name}"] = s.saturated_frac
+            if s.dead_frac is not None:
+                scalars[f"gradwatch/act_dead_frac/{name}"] = s.dead_frac
+        for i, norm in grad_out.items():
+            if self._kinds[i] is not None:
+                scalars[f"gradwatch/grad_out_norm/{self.names[i]}"] = norm
+        return scalars
 
     @property
     def attached(self) -> bool:
@@ -371,7 +388,9 @@ class ActivationProbe:
         return self._compiling_seen
 
 
-def _with_origin(symptoms: list[Symptom], onsets: list[Symptom], origin: rules.Origin) -> tuple[list[Symptom], list[Symptom]]:
+def _with_origin(
+    symptoms: list[Symptom], onsets: list[Symptom], origin: rules.Origin
+) -> tuple[list[Symptom], list[Symptom]]:
     replaced: dict[int, Symptom] = {}
     out = []
     for s in symptoms:
@@ -383,6 +402,13 @@ def _with_origin(symptoms: list[Symptom], onsets: list[Symptom], origin: rules.O
     return out, [replaced.get(id(s), s) for s in onsets]
 
 
+def _param_norms(stats: HostStats | None) -> dict[str, float] | None:
+    """Each layer's parameter norm this step, when the gradient statistics have them."""
+    if stats is None or stats.param_norm is None:
+        return None
+    return dict(zip(stats.names, stats.param_norm.tolist(), strict=True))
+
+
 def _graph_task_id() -> int:
     """The autograd engine's current graph task, -1 outside backward (a private torch function: -1 if it is gone)."""
     getter = getattr(torch._C, "_current_graph_task_id", None)
@@ -392,34 +418,40 @@ def _graph_task_id() -> int:
 def _floating(obj: Any, depth: int = 0) -> list[Tensor]:
     """Floating-point (or complex) dense tensors in ``obj``, depth-first through tuples, lists and dicts."""
     if isinstance(obj, Tensor):
-        return [obj] if (obj.is_floating_point() or obj.is_complex()) and obj.layout == torch.strided \
-            and obj.numel() > 0 else []
+        return [obj] if is_floating(obj) and obj.layout == torch.strided and obj.numel() > 0 else []
     if depth > 4:
         return []
-    if isinstance(obj, (tuple, list)):
-        return [t for item in obj for t in _floating(item, depth + 1)]
-    if isinstance(obj, Mapping):
-        return [t for item in obj.values() for t in _floating(item, depth + 1)]
-    return []
+    items = obj if isinstance(obj, (tuple, list)) else obj.values() if isinstance(obj, Mapping) else ()
+    return [t for item in items for t in _floating(item, depth + 1)]
+
+
+def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+    """The floating-point tensors a module was called with (a lone tensor argument without the tuple walk)."""
+    if not kwargs and len(args) == 1 and isinstance(args[0], Tensor):
+        return _floating(args[0])
+    return _floating((args, kwargs))
 
 
 def _select(names: list[str], activations: bool | str | Sequence[str]) -> list[bool]:
+    """Which modules ``activations=`` selects: all or none, or those whose name a glob matches."""
     if isinstance(activations, bool):
         return [activations] * len(names)
+    return match_globs(names, _activation_patterns(activations),
+                       what="activations pattern {pattern} matches no module; the modules are")
+
+
+def _activation_patterns(activations: str | Sequence[str]) -> list[str]:
+    """``activations=`` as a list of globs; raises ConfigurationError unless it is one non-empty glob or a list."""
     patterns = [activations] if isinstance(activations, str) else list(activations) \
         if isinstance(activations, (list, tuple)) else None
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ConfigurationError(f"activations={activations!r} must be True, False, a glob over module names, or a "
                                  "list of globs.")
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise ConfigurationError(f"activations pattern {p!r} matches no module; the modules are: {shown}.")
-    return [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names]
+    return patterns
 
 
 def _is_compiled(model: nn.Module, root: nn.Module) -> bool:
-    return root is not model and hasattr(model, "_orig_mod") or getattr(root, "_compiled_call_impl", None) is not None
+    return (root is not model and hasattr(model, "_orig_mod")) or getattr(root, "_compiled_call_impl", None) is not None
 
 
 def resolve_nan_origin(nan_origin: NanOrigin | None, activations: Any) -> NanOrigin:

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .activations import OutputKind
 from .._symptoms import Symptom
 from .._thresholds import Thresholds
+from .activations import OutputKind
 
 __all__ = ["ActStats", "ActivationState", "Call", "Origin", "activation_symptoms", "grad_out_norms", "locate_origin",
            "module_stats"]
@@ -58,36 +58,37 @@ def module_stats(calls: Sequence[Call], v: np.ndarray, kinds: Sequence[OutputKin
     """Pool each module's calls: mean, population std, fraction of exact zeros, saturated and dead fractions."""
     per: dict[int, list[tuple[float, ...]]] = {}
     for c in calls:
-        if not c.stats:
-            continue
-        kind = kinds[c.module]
-        vals = v[c.stats]
-        j = 4
-        sat = alive = 0.0
-        if kind is not None and kind.band is not None:
-            sat, j = float(vals[j]), j + 1
-        if kind is not None and kind.relu_like:
-            alive = float(vals[j])
-        # n, sum, sum of squares, centred sum of squares, nonzero, saturated, units, alive
-        per.setdefault(c.module, []).append((c.numel, float(vals[0]), float(vals[1]) ** 2, float(vals[2]) ** 2,
-                                             float(vals[3]), sat, c.units, alive))
-    out = {}
-    for i, rows in per.items():
-        kind = kinds[i]
-        n, s, q, _, nz, sat, units, alive = (sum(col) for col in zip(*rows))
-        mean = s / n
-        # Pooled variance: each call's centred sum of squares plus its mean's offset from the pooled mean.
-        var = sum(r[3] + r[0] * (r[1] / r[0] - mean) ** 2 for r in rows) / n
-        bad = math.nan if not math.isfinite(q) else None  # fractions of a non-finite output mean nothing
-        out[i] = ActStats(
-            mean=mean, std=math.sqrt(var) if not math.isnan(var) else math.nan,
-            zero_frac=bad if bad is not None else 1.0 - nz / n,
-            saturated_frac=(bad if bad is not None else sat / n) if kind is not None and kind.band is not None
-            else None,
-            dead_frac=(bad if bad is not None else 1.0 - alive / units)
-            if kind is not None and kind.relu_like and units else None,
-        )
-    return out
+        if c.stats:
+            per.setdefault(c.module, []).append(_call_row(c, v[c.stats], kinds[c.module]))
+    return {i: _pooled(rows, kinds[i]) for i, rows in per.items()}
+
+
+def _call_row(c: Call, vals: np.ndarray, kind: OutputKind | None) -> tuple[float, ...]:
+    """One call's values: n, sum, sum of squares, centred sum of squares, nonzero, saturated, units, alive."""
+    j = 4
+    sat = alive = 0.0
+    if kind is not None and kind.band is not None:
+        sat, j = float(vals[j]), j + 1
+    if kind is not None and kind.relu_like:
+        alive = float(vals[j])
+    return (c.numel, float(vals[0]), float(vals[1]) ** 2, float(vals[2]) ** 2, float(vals[3]), sat, c.units, alive)
+
+
+def _pooled(rows: Sequence[tuple[float, ...]], kind: OutputKind | None) -> ActStats:
+    """A module's statistics from the rows of its calls (:func:`_call_row`)."""
+    n, s, q, _, nz, sat, units, alive = (sum(col) for col in zip(*rows, strict=True))
+    mean = s / n
+    # Pooled variance: each call's centred sum of squares plus its mean's offset from the pooled mean.
+    var = sum(r[3] + r[0] * (r[1] / r[0] - mean) ** 2 for r in rows) / n
+    bad = math.nan if not math.isfinite(q) else None  # fractions of a non-finite output mean nothing
+    saturating = kind is not None and kind.band is not None
+    relu_like = kind is not None and kind.relu_like
+    return ActStats(
+        mean=mean, std=math.sqrt(var) if not math.isnan(var) else math.nan,
+        zero_frac=bad if bad is not None else 1.0 - nz / n,
+        saturated_frac=(bad if bad is not None else sat / n) if saturating else None,
+        dead_frac=(bad if bad is not None else 1.0 - alive / units) if relu_like and units else None,
+    )
 
 
 def grad_out_norms(calls: Sequence[Call], events: Sequence[tuple[int, int]], v: np.ndarray) -> dict[int, float]:
@@ -138,7 +139,8 @@ def activation_symptoms(
     """``saturated`` and ``dead`` symptoms of one sampled step. Returns ``(symptoms, onsets)``."""
     symptoms, onsets = [], []
     for name, s in stats.items():
-        for kind, frac, limit in (("saturated", s.saturated_frac, th.saturated_frac), ("dead", s.dead_frac, th.dead_frac)):
+        for kind, frac, limit in (("saturated", s.saturated_frac, th.saturated_frac),
+                                  ("dead", s.dead_frac, th.dead_frac)):
             if frac is None:
                 continue
             key = (kind, name)
@@ -153,13 +155,13 @@ def activation_symptoms(
                 continue
             if kind == "saturated":
                 what = (f"Saturated activations at '{name}' ({types[name]}) since step {since}: {frac:.0%} of its "
-                        f"outputs sit in the flat region (local derivative below 10% of its peak) for {n} sampled steps, "
-                        "so almost no gradient passes through.")
+                        f"outputs sit in the flat region (local derivative below 10% of its peak) for {n} sampled "
+                        "steps, so almost no gradient passes through.")
             else:
                 what = (f"Dead units at '{name}' ({types[name]}) since step {since}: {frac:.0%} of its units output "
                         f"zero for the whole batch for {n} sampled steps; they pass no gradient and stop learning.")
-            sym = Symptom(kind=kind, layer=name, step=step, value=float(frac), threshold=float(limit), severity="warning",
-                          message=f"{what} {_ADVICE[kind]}", since=since)
+            sym = Symptom(kind=kind, layer=name, step=step, value=float(frac), threshold=float(limit),
+                          severity="warning", message=f"{what} {_ADVICE[kind]}", since=since)
             symptoms.append(sym)
             if key not in state.active:
                 state.active.add(key)
@@ -201,50 +203,87 @@ def locate_origin(
     in_code = [int(codes[c.inputs].max()) if c.inputs else 0 for c in flagged]
     made = [k for k in range(len(flagged)) if out_code[k] > in_code[k]]
     if made:
-        k = made[0]
-        name, what = names[flagged[k].module], _WHAT[out_code[k]]
-        msg = (f"Origin: the {what} first appeared in the forward pass, in the output of module '{name}' "
-               f"({types[flagged[k].module]}), whose inputs were {'finite' if in_code[k] == 0 else 'free of NaN'}.")
-        later_nan = next((j for j in made[1:] if out_code[j] == 2), None) if what == "Inf" else None
-        if later_nan is not None:
-            msg += f" The first NaN followed in '{names[flagged[later_nan].module]}'."
-        pn = (param_norm or {}).get(name)
-        if pn is not None and not math.isfinite(pn):
-            msg += (" Its parameters were already non-finite, so the first bad value arose at an earlier step "
-                    "(nan_origin='every_step' checks every step).")
-        return Origin((name, "forward"), what, msg)
+        return _forward_origin([flagged[k] for k in made], [out_code[k] for k in made], in_code[made[0]], names,
+                               types, param_norm)
     if any(out_code):
-        k = next(k for k in range(len(flagged)) if out_code[k])
-        return Origin(None, _WHAT[out_code[k]],
-                      f"Origin: the {_WHAT[out_code[k]]} was already in the inputs of module '{names[flagged[k].module]}', "
-                      "the first to see it: bad input data, or a value made outside every module.")
+        return _input_origin(flagged, out_code, names)
     return _backward_origin(flagged, events, codes, names, types, bad_layers)
+
+
+def _input_origin(flagged: Sequence[Call], out_code: Sequence[int], names: Sequence[str]) -> Origin:
+    """No module made the bad value: it came in with the inputs of the first call whose output is not finite."""
+    k = next(k for k in range(len(flagged)) if out_code[k])
+    return Origin(None, _WHAT[out_code[k]],
+                  f"Origin: the {_WHAT[out_code[k]]} was already in the inputs of module '{names[flagged[k].module]}', "
+                  "the first to see it: bad input data, or a value made outside every module.")
+
+
+def _forward_origin(
+    made: Sequence[Call], made_code: Sequence[int], first_in_code: int, names: Sequence[str], types: Sequence[str],
+    param_norm: Mapping[str, float] | None,
+) -> Origin:
+    """The origin in the forward pass: ``made`` are the calls whose output is worse than their inputs (in forward
+    order, at least one), ``made_code`` their outputs' codes, ``first_in_code`` the first one's inputs' code."""
+    name, what = names[made[0].module], _WHAT[made_code[0]]
+    msg = (f"Origin: the {what} first appeared in the forward pass, in the output of module '{name}' "
+           f"({types[made[0].module]}), whose inputs were {'finite' if first_in_code == 0 else 'free of NaN'}.")
+    later_nan = next((j for j in range(1, len(made)) if made_code[j] == 2), None) if what == "Inf" else None
+    if later_nan is not None:
+        msg += f" The first NaN followed in '{names[made[later_nan].module]}'."
+    pn = (param_norm or {}).get(name)
+    if pn is not None and not math.isfinite(pn):
+        msg += (" Its parameters were already non-finite, so the first bad value arose at an earlier step "
+                "(nan_origin='every_step' checks every step).")
+    return Origin((name, "forward"), what, msg)
+
+
+@dataclass
+class _SlotHistory:
+    """What the backward pass did to each slot: its worst code, and the positions of its first event and of its
+    first non-finite event."""
+
+    code: dict[int, int] = field(default_factory=dict)
+    fired: dict[int, int] = field(default_factory=dict)
+    bad_at: dict[int, int] = field(default_factory=dict)
+
+
+#: A backward-origin candidate: ((time, forward order), index in the flagged calls, code, "inputs" | "parameters").
+_Candidate = tuple[tuple[float, int], int, int, str]
+
+
+def _slot_history(events: Sequence[tuple[int, int]], codes: np.ndarray) -> _SlotHistory:
+    history = _SlotHistory()
+    for pos, (slot, h) in enumerate(events):
+        code = int(codes[h])
+        history.code[slot] = max(history.code.get(slot, 0), code)
+        history.fired.setdefault(slot, pos)
+        if code:
+            history.bad_at.setdefault(slot, pos)
+    return history
+
+
+def _backward_candidate(k: int, call: Call, history: _SlotHistory, bad_layer: bool) -> _Candidate | None:
+    """Call ``k`` as a candidate: its input gradients worse than its output's, or a non-finite parameter gradient
+    (``bad_layer``) behind a finite output gradient; ``None`` when it is neither."""
+    oc = max((history.code.get(s, 0) for s in call.out_slots), default=0)
+    worse = [s for s in call.in_slots if history.code.get(s, 0) > oc]
+    if worse:
+        return (float(min(history.bad_at[s] for s in worse)), k), k, max(history.code[s] for s in worse), "inputs"
+    if oc == 0 and bad_layer:
+        t = min((history.fired[s] for s in call.out_slots if s in history.fired), default=math.inf)
+        return (t + 0.5, k), k, 2, "parameters"
+    return None
 
 
 def _backward_origin(
     flagged: Sequence[Call], events: Sequence[tuple[int, int]], codes: np.ndarray, names: Sequence[str],
     types: Sequence[str], bad_layers: Sequence[str],
 ) -> Origin | None:
-    slot_code: dict[int, int] = {}
-    fired: dict[int, int] = {}  # slot -> position of its first event
-    bad_at: dict[int, int] = {}  # slot -> position of its first non-finite event
-    for pos, (slot, h) in enumerate(events):
-        c = int(codes[h])
-        slot_code[slot] = max(slot_code.get(slot, 0), c)
-        fired.setdefault(slot, pos)
-        if c:
-            bad_at.setdefault(slot, pos)
+    history = _slot_history(events, codes)
     bad_layer_set = set(bad_layers)
-    best: tuple[tuple[float, int], int, int, str] | None = None  # ((time, forward order), call, code, how)
-    for k, c in enumerate(flagged):
-        oc = max((slot_code.get(s, 0) for s in c.out_slots), default=0)
-        worse = [s for s in c.in_slots if slot_code.get(s, 0) > oc]
-        cand = None
-        if worse:
-            cand = ((float(min(bad_at[s] for s in worse)), k), k, max(slot_code[s] for s in worse), "inputs")
-        elif oc == 0 and names[c.module] in bad_layer_set:
-            t = min((fired[s] for s in c.out_slots if s in fired), default=math.inf)
-            cand = ((t + 0.5, k), k, 2, "parameters")
+    best: _Candidate | None = None
+    for k, call in enumerate(flagged):
+        cand = _backward_candidate(k, call, history, names[call.module] in bad_layer_set)
         if cand is not None and (best is None or cand[0] < best[0]):
             best = cand
     if best is None:
