@@ -124,39 +124,39 @@ def test_small_tensors_of_many_shapes_cat_by_trailing_shape_against_float64(spar
 
 
 def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empty_and_sparse():
-    from gradwatch._stats import _CPU_TINY, _foreach_maxabs
+    from gradwatch._reductions import CPU_TINY, foreach_maxabs
 
     tiny = torch.tensor([1.0, -7.0])  # fused inf-norm
-    big = torch.zeros(_CPU_TINY * 3)  # aminmax
+    big = torch.zeros(CPU_TINY * 3)  # aminmax
     big[5] = -9.5
-    nan_big = torch.ones(_CPU_TINY)
+    nan_big = torch.ones(CPU_TINY)
     nan_big[-1] = float("nan")
     empty = torch.zeros(0)
-    out = _foreach_maxabs([big, tiny, nan_big, empty, torch.tensor([[3.0]])], torch.device("cpu"))
+    out = foreach_maxabs([big, tiny, nan_big, empty, torch.tensor([[3.0]])], torch.device("cpu"))
     assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0] and math.isnan(out[2].item())
     sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,), check_invariants=True)
-    assert _foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
+    assert foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
 
 
 def test_cpu_norm_and_max_run_back_to_back_per_tensor_with_nan_inf_negative_and_half_precision():
-    from gradwatch._stats import _CPU_TINY, _norms_maxabs
+    from gradwatch._reductions import CPU_TINY, norms_maxabs
 
-    a = torch.zeros(_CPU_TINY * 4)
+    a = torch.zeros(CPU_TINY * 4)
     a[:2] = torch.tensor([3.0, -4.0])  # norm 5, max |g| 4 from a negative entry
-    nan = torch.ones(_CPU_TINY)
+    nan = torch.ones(CPU_TINY)
     nan[7] = float("nan")
-    inf = torch.ones(_CPU_TINY * 2)
+    inf = torch.ones(CPU_TINY * 2)
     inf[0] = -float("inf")
-    norms, maxabs = _norms_maxabs([a, nan, inf], torch.float32, torch.device("cpu"))
+    norms, maxabs = norms_maxabs([a, nan, inf], torch.float32, torch.device("cpu"))
     assert norms[0].item() == 5.0 and maxabs[0].item() == 4.0
     assert math.isnan(norms[1].item()) and math.isnan(maxabs[1].item())
     assert norms[2].item() == math.inf and maxabs[2].item() == math.inf
-    half = torch.full((_CPU_TINY * 4,), 0.5, dtype=torch.bfloat16)  # norm 0.5 * 64 = 32: accumulated in float32
-    norms, maxabs = _norms_maxabs([half], torch.bfloat16, torch.device("cpu"))
+    half = torch.full((CPU_TINY * 4,), 0.5, dtype=torch.bfloat16)  # norm 0.5 * 64 = 32: accumulated in float32
+    norms, maxabs = norms_maxabs([half], torch.bfloat16, torch.device("cpu"))
     assert norms.dtype == torch.float32 and norms.item() == 32.0 and maxabs.item() == 0.5
     # a tiny or a sparse tensor among them: the two fused calls, same answers
-    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (_CPU_TINY * 2,), check_invariants=True)
-    norms, maxabs = _norms_maxabs([a, torch.tensor([-6.0, 8.0]), sparse], torch.float32, torch.device("cpu"))
+    sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (CPU_TINY * 2,), check_invariants=True)
+    norms, maxabs = norms_maxabs([a, torch.tensor([-6.0, 8.0]), sparse], torch.float32, torch.device("cpu"))
     assert norms.tolist() == pytest.approx([5.0, 10.0, math.sqrt(20.0)]) and maxabs.tolist() == [4.0, 8.0, 4.0]
 
 

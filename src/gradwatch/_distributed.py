@@ -28,22 +28,18 @@ from __future__ import annotations
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._clip.fixed import NormClip, ValueClip
 from ._errors import ConfigurationError, GradWatchError
 from ._layers import Layer
-from ._stats import (
-    DeviceStats,
-    GradBatch,
-    GradGroup,
-    _foreach_norms,
-    _norms_maxabs,
-    accumulate_dtype,
-)
+from ._reductions import Bucket, LayerTotals, foreach_norms, group_buckets, norms_maxabs
+from ._stats import DeviceStats, GradBatch, GradGroup
+from ._tensors import accumulate_dtype
 
 __all__ = ["GATHER_LIMIT", "DistributedContext", "detect", "is_distributed"]
 
@@ -80,25 +76,6 @@ class _Piece:
     dtensor: bool
 
 
-@dataclass
-class _Bucket:
-    device: torch.device
-    dtype: torch.dtype
-    weight: float
-    params: list[nn.Parameter]
-    layer_of: list[int]
-    index_cache: dict[tuple[int, ...], Tensor] = field(default_factory=dict)
-
-    def index(self, kept: tuple[int, ...]) -> Tensor:
-        idx = self.index_cache.get(kept)
-        if idx is None:
-            idx = torch.tensor([self.layer_of[i] for i in kept], dtype=torch.long).to(self.device, non_blocking=True)
-            if len(self.index_cache) > 64:
-                self.index_cache.clear()
-            self.index_cache[kept] = idx
-        return idx
-
-
 class DistributedContext:
     """What this rank holds of each watched gradient, and the one collective that combines the ranks' partials.
 
@@ -121,6 +98,22 @@ class DistributedContext:
         self._pieces: dict[int, _Piece] = {}
         self._sync_checks: list[tuple[str, Callable[[], Any]]] = []
         kinds: set[str] = set()
+        self._find_pieces(model, kinds)
+        self._ddp_checks(model, kinds)
+        self._fsdp2_checks(model, kinds)
+        self.kinds = tuple(sorted(kinds))
+        self.sharded = any(piece.weight * world_size > 1.5 for piece in self._pieces.values())
+        self._buckets: list[Bucket] = group_buckets([layer.params for layer in self._layers],
+                                                    lambda p: self._pieces[id(p)].weight)
+        self.home = self._buckets[0].device if self._buckets else torch.device("cpu")
+        # NCCL moves CUDA tensors only: partials of CPU-offloaded gradients travel through the current GPU.
+        self._comm_device: torch.device | None = None
+        if torch.distributed.get_backend() == "nccl" and self.home.type == "cpu":
+            self._comm_device = torch.device("cuda", torch.cuda.current_device())
+
+    # ------------------------------------------------------------------ detection
+    def _find_pieces(self, model: nn.Module, kinds: set[str]) -> None:
+        """How this rank holds each watched parameter's gradient (``self._pieces``); wrappers found go to ``kinds``."""
         fsdp1 = self._fsdp1_pieces(model, kinds)
         dtensor = _dtensor_cls()
         for layer in self._layers:
@@ -131,29 +124,9 @@ class DistributedContext:
                 elif id(p) in fsdp1:
                     self._pieces[id(p)] = fsdp1[id(p)]
                 else:
-                    self._pieces[id(p)] = _Piece(1.0 / world_size, p.numel(), p, False)
+                    self._pieces[id(p)] = _Piece(1.0 / self.world_size, p.numel(), p, False)
                     kinds.add("replicated")
-        self._ddp_checks(model, kinds)
-        self._fsdp2_checks(model, kinds)
-        self.kinds = tuple(sorted(kinds))
-        self.sharded = any(piece.weight * world_size > 1.5 for piece in self._pieces.values())
-        buckets: dict[tuple[torch.device, torch.dtype, float], _Bucket] = {}
-        for li, layer in enumerate(self._layers):
-            for p in layer.params:
-                w = self._pieces[id(p)].weight
-                key = (p.device, p.dtype, w)
-                if key not in buckets:
-                    buckets[key] = _Bucket(p.device, p.dtype, w, [], [])
-                buckets[key].params.append(p)
-                buckets[key].layer_of.append(li)
-        self._buckets = list(buckets.values())
-        self.home = self._buckets[0].device if self._buckets else torch.device("cpu")
-        # NCCL moves CUDA tensors only: partials of CPU-offloaded gradients travel through the current GPU.
-        self._comm_device: torch.device | None = None
-        if torch.distributed.get_backend() == "nccl" and self.home.type == "cpu":
-            self._comm_device = torch.device("cuda", torch.cuda.current_device())
 
-    # ------------------------------------------------------------------ detection
     def _dtensor_piece(self, p: Any, name: str) -> _Piece:
         mesh = p.device_mesh
         if self.world_size % mesh.size():
@@ -187,8 +160,9 @@ class DistributedContext:
                     "gradwatch cannot see per-layer gradients. Wrap with use_orig_params=True.")
             strategy = unit.sharding_strategy
             if strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP):
-                if unit.process_group.size() != self.world_size:
-                    raise ConfigurationError(f"An FSDP unit shards over {unit.process_group.size()} of "
+                group: Any = unit.process_group
+                if group.size() != self.world_size:
+                    raise ConfigurationError(f"An FSDP unit shards over {group.size()} of "
                                              f"{self.world_size} processes: gradwatch supports the whole world only.")
                 weight = 1.0
             elif strategy == ShardingStrategy.NO_SHARD:
@@ -201,7 +175,7 @@ class DistributedContext:
             if handle is None:
                 continue
             flat = handle.flat_param
-            for p, numel in zip(flat._params or (), flat._numels):
+            for p, numel in zip(flat._params or (), flat._numels, strict=True):  # one numel per original parameter
                 pieces[id(p)] = _Piece(weight, int(numel), flat, False)
             self._sync_checks.append(("FSDP no_sync()", _flag_reader(unit, "_sync_gradients")))
         return pieces
@@ -246,43 +220,24 @@ class DistributedContext:
         home = self.home
         acc = accumulate_dtype(home)
         n = len(layer_names)
-        sumsq = torch.zeros(n, dtype=acc, device=home)
-        maxes = torch.zeros(n, dtype=acc, device=home)
+        totals = LayerTotals(n, acc, home, direct=False)
         has_grad = [False] * n
         numel = [0] * n
         groups: list[GradGroup] = []
         for b in self._buckets:
-            kept: list[int] = []
-            grads: list[Tensor] = []
-            for i, (p, li) in enumerate(zip(b.params, b.layer_of)):
-                piece = self._pieces[id(p)]
-                if piece.proxy.grad is not None:  # global presence (FSDP1: the flat parameter has a gradient)
-                    if not has_grad[li]:
-                        has_grad[li] = True
-                    numel[li] += piece.numel
-                g = p.grad
-                if g is None:
-                    continue
-                if piece.dtensor:
-                    g = _local(g, p, layer_names[li])
-                if g.numel() == 0:  # this rank holds no piece of it
-                    continue
-                kept.append(i)
-                grads.append(g)
+            kept, grads = self._local_grads(b, layer_names, has_grad, numel)
             if not grads:
                 continue
-            idx = b.index(tuple(kept))
-            norms, maxabs = _norms_maxabs(grads, b.dtype, b.device)
+            idx = b.index(kept)
+            norms, maxabs = norms_maxabs(grads, b.dtype, b.device)
             maxabs = maxabs.to(acc)
             groups.append(GradGroup(b.device, b.dtype, [b.params[i] for i in kept], grads, idx, norms, b.weight))
             sq = norms.to(acc).square()
             if b.weight != 1.0:
                 sq = sq * b.weight
-            sumsq += _on(torch.zeros(n, dtype=acc, device=b.device).index_add_(0, idx, sq), home)
-            part_max = torch.zeros(n, dtype=acc, device=b.device).scatter_reduce_(0, idx, maxabs, "amax")
-            maxes = torch.maximum(maxes, _on(part_max, home))
-        sums = torch.cat([sumsq, self._param_sumsq(n)]) if with_params else sumsq
-        sums, maxes = self.reduce(sums, maxes)
+            totals.add(idx, sq, maxabs, b.device)
+        sums = torch.cat([totals.sumsq, self._param_sumsq(n)]) if with_params else totals.sumsq
+        sums, maxes = self.reduce(sums, totals.maxabs)
         sumsq = sums[:n]
         total = sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=layer_names, total_norm=total, home=home,
@@ -290,28 +245,48 @@ class DistributedContext:
         param_norm = sums[n:].sqrt() if with_params else None
         return DeviceStats(sumsq, maxes, total, has_grad, numel, batch, param_norm=param_norm)
 
+    def _local_grads(self, b: Bucket, layer_names: Sequence[str], has_grad: list[bool],
+                     numel: list[int]) -> tuple[tuple[int, ...], list[Tensor]]:
+        """The pieces of ``b``'s gradients this rank holds, and their positions in ``b``; notes in ``has_grad`` and
+        ``numel`` which layers have a gradient on any rank."""
+        kept: list[int] = []
+        grads: list[Tensor] = []
+        for i, (p, li) in enumerate(zip(b.params, b.layer_of, strict=True)):
+            piece = self._pieces[id(p)]
+            if piece.proxy.grad is not None:  # global presence (FSDP1: the flat parameter has a gradient)
+                has_grad[li] = True
+                numel[li] += piece.numel
+            g = p.grad
+            if g is None:
+                continue
+            if piece.dtensor:
+                g = _local(g, p, layer_names[li])
+            if g.numel() == 0:  # this rank holds no piece of it
+                continue
+            kept.append(i)
+            grads.append(g)
+        return tuple(kept), grads
+
     def param_norms(self, n: int) -> Tensor:
         """Per-layer parameter norms of the whole model (one collective)."""
         sums, _ = self.reduce(self._param_sumsq(n), torch.zeros(0, dtype=accumulate_dtype(self.home), device=self.home))
         return sums.sqrt()
 
     def _param_sumsq(self, n: int) -> Tensor:
-        home = self.home
-        acc = accumulate_dtype(home)
-        out = torch.zeros(n, dtype=acc, device=home)
+        totals = LayerTotals(n, accumulate_dtype(self.home), self.home, direct=False)
         for b in self._buckets:
             kept, data = [], []
             for i, p in enumerate(b.params):
-                t = p.to_local() if self._pieces[id(p)].dtensor else p
+                t = _to_local(p) if self._pieces[id(p)].dtensor else p
                 if t.numel():
                     kept.append(i)
                     data.append(t.detach())
             if data:
-                sq = _foreach_norms(data, b.dtype).to(acc).square()
+                sq = foreach_norms(data, b.dtype).to(totals.acc).square()
                 if b.weight != 1.0:
                     sq = sq * b.weight
-                out += _on(torch.zeros(n, dtype=acc, device=b.device).index_add_(0, b.index(tuple(kept)), sq), home)
-        return out
+                totals.add_sumsq(b.index(tuple(kept)), sq, b.device)
+        return totals.sumsq
 
     # ------------------------------------------------------------------ the collective
     def reduce(self, sums: Tensor, maxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,16 +351,15 @@ class DistributedContext:
         Raises:
             ConfigurationError: a clipper that is not reduction-aware; histograms of sharded gradients.
         """
-        from .clipping import NormClip, ValueClip
-
         if clipper is not None and self.sharded:  # replicated gradients (DDP) clip the same on every rank
             ok = (isinstance(clipper, NormClip) and clipper.norm_type == 2.0) or isinstance(clipper, ValueClip) or \
                 bool(getattr(clipper, "supports_distributed", False))
             if not ok:
                 raise ConfigurationError(
                     f"clip={clipper!r} is not supported with sharded gradients ({self.world_size} processes): it "
-                    "would clip with this rank's partial norms. Supported: NormClip(max_norm) (L2), ValueClip(value), or a clipper with "
-                    "supports_distributed = True that clips from GradBatch.total_norm and GradBatch.reduce.")
+                    "would clip with this rank's partial norms. Supported: NormClip(max_norm) (L2), ValueClip(value), "
+                    "or a clipper with supports_distributed = True that clips from GradBatch.total_norm and "
+                    "GradBatch.reduce.")
         if histograms and self.sharded:
             raise ConfigurationError(
                 "histogram_every_n_steps is not supported with sharded gradients (FSDP, DTensor): each rank holds "
@@ -395,11 +369,13 @@ class DistributedContext:
         return f"DistributedContext(rank={self.rank}, world_size={self.world_size}, kinds={self.kinds})"
 
 
-def _on(t: Tensor, device: torch.device) -> Tensor:
-    return t if t.device == device else t.to(device, non_blocking=True)
+def _to_local(t: Any) -> Tensor:
+    """This rank's piece of a DTensor."""
+    local: Tensor = t.to_local()
+    return local
 
 
-def _local(g: Any, p: Any, name: str) -> Tensor:
+def _local(g: Tensor, p: Any, name: str) -> Tensor:
     placements = getattr(g, "placements", None)
     if placements is None:  # a plain tensor gradient on a DTensor parameter: taken as it is
         return g
@@ -409,7 +385,7 @@ def _local(g: Any, p: Any, name: str) -> Tensor:
                                  "call watcher.step() after the gradients are reduced.")
         raise GradWatchError(f"The gradient of layer {name!r} has placements {placements}, its parameter "
                              f"{p.placements}: gradwatch needs them equal.")
-    return g.to_local()
+    return _to_local(g)
 
 
 def _flag_reader(module: nn.Module, attr: str) -> Callable[[], bool]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._stats import _LOW_PRECISION, _dense_values, accumulate_dtype
+from ._tensors import LOW_PRECISION, accumulate_dtype, dense_values, long_tensor
 
 __all__ = ["DEFAULT_BINS", "Histogram", "device_histograms", "unpack_histograms"]
 
@@ -75,14 +75,14 @@ def device_histograms(per_layer: Sequence[Sequence[Tensor]], *, home: torch.devi
     items: list[tuple[int, Tensor]] = []
     for li, tensors in enumerate(per_layer):
         for t in tensors:
-            t = _dense_values(t.detach())
+            t = dense_values(t.detach())
             if t.numel():
                 groups.setdefault((t.device, t.dtype), []).append((li, t))
                 items.append((li, t))
     for (device, dtype), group in groups.items():
         ts = [t for _, t in group]
-        wide = torch.float32 if dtype in _LOW_PRECISION else None
-        idx = torch.tensor([li for li, _ in group], dtype=torch.long).to(device, non_blocking=True)
+        wide = torch.float32 if dtype in LOW_PRECISION else None
+        idx = long_tensor([li for li, _ in group], device)
         maxabs = torch.stack(torch._foreach_norm(ts, float("inf"))).to(acc)
         sumsq = torch.stack(torch._foreach_norm(ts, 2.0, dtype=wide)).to(acc).square()
         sums = torch.stack([t.sum(dtype=wide) for t in ts]).to(acc)
@@ -90,7 +90,8 @@ def device_histograms(per_layer: Sequence[Sequence[Tensor]], *, home: torch.devi
         part[0].scatter_reduce_(0, idx, maxabs, "amax")  # amax propagates NaN: such a layer is left out on the host
         part[1].index_add_(0, idx, sums)
         part[2].index_add_(0, idx, sumsq)
-        part[3].index_add_(0, idx, torch.tensor([float(t.numel()) for t in ts], dtype=acc).to(device, non_blocking=True))
+        counts_in = torch.tensor([float(t.numel()) for t in ts], dtype=acc).to(device, non_blocking=True)
+        part[3].index_add_(0, idx, counts_in)
         part = part.to(home, non_blocking=True)
         header[0] = torch.maximum(header[0], part[0])
         header[1:] += part[1:]
@@ -114,7 +115,7 @@ def unpack_histograms(vec: np.ndarray, names: Sequence[str], *, bins: int = DEFA
     """
     rows = np.asarray(vec, dtype=np.float64).reshape(len(names), _HEADER + bins)
     out: dict[str, Histogram] = {}
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         m, total, sumsq, num = (float(x) for x in row[:_HEADER])
         counts = row[_HEADER:]
         if num == 0 or not math.isfinite(m) or not math.isfinite(total):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import operator
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["LOW_PRECISION", "BoundedCache", "accumulate_dtype", "any_sparse", "dense_values", "long_tensor", "to_device"]
+__all__ = [
+    "LOW_PRECISION",
+    "BoundedCache",
+    "accumulate_dtype",
+    "any_sparse",
+    "dense_values",
+    "long_tensor",
+    "to_device",
+]
 
 #: Floating dtypes whose norms are accumulated in float32 (torch's ``vector_norm(dtype=...)``).
 LOW_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
+_IS_SPARSE = operator.attrgetter("is_sparse")
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -32,9 +43,14 @@ def dense_values(g: Tensor) -> Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-def any_sparse(tensors: Sequence[Tensor]) -> bool:
-    """Whether any tensor is sparse: fused ``torch._foreach_*`` ops refuse them, so callers decide up front."""
-    return any(t.is_sparse for t in tensors)
+def any_sparse(tensors: Iterable[Tensor]) -> bool:
+    """Whether any tensor is sparse: fused ``torch._foreach_*`` ops refuse them, so callers decide up front.
+
+    Examples:
+        >>> any_sparse([torch.zeros(2), torch.zeros(2).to_sparse()]), any_sparse([torch.zeros(2)])
+        (True, False)
+    """
+    return any(map(_IS_SPARSE, tensors))  # a C-level loop: no Python frame per tensor
 
 
 def long_tensor(ids: Sequence[int], device: torch.device) -> Tensor:

@@ -13,11 +13,11 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from .base import Clipper, ClipResult, global_coef, scale_all
-from .._validate import check_choice, check_int, check_number
-from .zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
 from .._errors import ConfigurationError
 from .._stats import GradBatch
+from .._validate import check_choice, check_int, check_number
+from .base import Clipper, ClipResult, global_coef, scale_all
+from .zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
 
 __all__ = ["PercentileClip", "ZScoreClip", "window_percentile"]
 

@@ -78,7 +78,8 @@ class Clipper(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         if state:
-            raise ConfigurationError(f"{type(self).__name__} keeps no state, but load_state_dict got keys {sorted(state)}.")
+            raise ConfigurationError(
+                f"{type(self).__name__} keeps no state, but load_state_dict got keys {sorted(state)}.")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -87,13 +88,40 @@ class Clipper(ABC):
 
 def global_coef(norm: Tensor, bound: Tensor | float) -> Tensor:
     """``min(1, bound / norm)``, exactly; 1 where ``norm`` is zero or not finite (a non-finite step is the
-    ``nonfinite`` rule's business: scaling it would only smear NaN over every gradient)."""
+    ``nonfinite`` rule's business: scaling it would only smear NaN over every gradient).
+
+    The coefficient that brings a global norm down to ``bound``, computed on the device without a host sync: pass it
+    to :func:`scale_all`.
+
+    Examples:
+        >>> global_coef(torch.tensor(4.0), 2.0), global_coef(torch.tensor(1.0), 2.0)
+        (tensor(0.5000), tensor(1.))
+        >>> global_coef(torch.tensor(float("nan")), 2.0)  # left alone: the nonfinite rule reports it
+        tensor(1.)
+    """
     ok = torch.isfinite(norm) & (norm > 0)
     # torch.where and clamp instead of `if norm > bound`: branching on a device value would be a host sync.
     return torch.where(ok, (bound / torch.where(ok, norm, torch.ones_like(norm))).clamp(max=1.0), torch.ones_like(norm))
 
 
 def scale_all(batch: GradBatch, coef: Tensor) -> None:
-    """Multiply every gradient of ``batch`` by the 0-d tensor ``coef``, one fused call per (device, dtype) group."""
+    """Multiply every gradient of ``batch`` by the 0-d tensor ``coef``, one fused call per (device, dtype) group.
+
+    Examples:
+        A clipper that holds the global norm at 1, from :func:`global_coef`:
+
+        >>> import gradwatch
+        >>> class AtMostOne(Clipper):
+        ...     def clip(self, batch):
+        ...         coef = global_coef(batch.total_norm, 1.0)
+        ...         scale_all(batch, coef)
+        ...         return ClipResult(clipped_norm=batch.total_norm * coef, threshold=1.0, coef=coef)
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> model.weight.grad = torch.tensor([[3.0, 4.0]])
+        >>> with gradwatch.watch(model, clip=AtMostOne()) as watcher:
+        ...     report = watcher.step()
+        >>> model.weight.grad, round(report.clipped_norm, 4)
+        (tensor([[0.6000, 0.8000]]), 1.0)
+    """
     for g in batch.groups:
         torch._foreach_mul_(g.grads, coef.to(g.device, non_blocking=True))

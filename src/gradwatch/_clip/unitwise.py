@@ -7,21 +7,20 @@ norm, all as device tensors.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import Clipper, ClipResult
-from .._validate import check_number
 from .._errors import ConfigurationError
-from .._stats import GradBatch, GradGroup, accumulate_dtype
+from .._globs import match_globs
+from .._stats import GradBatch, GradGroup
+from .._tensors import LOW_PRECISION, BoundedCache, accumulate_dtype, long_tensor
+from .._validate import check_number
+from .base import Clipper, ClipResult
 
 __all__ = ["AGC", "LayerNormClip", "unit_norms"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def unit_norms(t: Tensor) -> Tensor:
@@ -31,10 +30,13 @@ def unit_norms(t: Tensor) -> Tensor:
     >>> unit_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]])), unit_norms(torch.tensor([3.0, 4.0]))
     (tensor([5., 1.]), tensor([5.]))
     """
-    dtype = torch.float32 if t.dtype in _LOW_PRECISION else None
+    dtype = torch.float32 if t.dtype in LOW_PRECISION else None
+    norms: Tensor
     if t.ndim <= 1:
-        return torch.linalg.vector_norm(t, dtype=dtype).reshape(1)
-    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), dtype=dtype)
+        norms = torch.linalg.vector_norm(t, dtype=dtype).reshape(1)
+    else:
+        norms = torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), dtype=dtype)
+    return norms
 
 
 def _unit_shape(t: Tensor) -> tuple[int, ...]:
@@ -92,22 +94,16 @@ class AGC(Clipper):
             raise ConfigurationError(f"exclude={exclude!r} must be a glob string or a sequence of non-empty globs "
                                      "over layer names, e.g. ('head',).")
         self.exclude = tuple(exclude)
-        self._masks: dict[tuple[tuple[str, ...], torch.device], Tensor] = {}
-        self._unit_index: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
+        # Built once per pattern of layers and shapes (host-side facts), kept on the device.
+        self._masks: BoundedCache[tuple[tuple[str, ...], torch.device], Tensor] = BoundedCache()
+        self._unit_index: BoundedCache[tuple[torch.device, tuple[int, ...], tuple[int, ...]], Tensor] = BoundedCache()
 
     def _excluded(self, names: Sequence[str], device: torch.device) -> Tensor:
         """Boolean per-layer mask of excluded layers on ``device``, built once (host-side names only)."""
-        key = (tuple(names), device)
-        mask = self._masks.get(key)
-        if mask is None:
-            for pattern in self.exclude:
-                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                    shown = ", ".join(list(names)[:12]) + (", ..." if len(names) > 12 else "")
-                    raise ConfigurationError(f"AGC(exclude=...) pattern {pattern!r} matches no watched layer; the "
-                                             f"layers are: {shown}.")
-            flags = [any(fnmatch.fnmatchcase(n, p) for p in self.exclude) for n in names]
-            mask = self._masks[key] = torch.tensor(flags, dtype=torch.bool).to(device, non_blocking=True)
-        return mask
+        return self._masks.get((tuple(names), device), lambda: torch.tensor(
+            match_globs(names, self.exclude,
+                        what="AGC(exclude=...) pattern {pattern} matches no watched layer; the layers are"),
+            dtype=torch.bool).to(device, non_blocking=True))
 
     def _unit_excluded(self, g: GradGroup, names: Sequence[str], positions: tuple[int, ...],
                        counts: tuple[int, ...]) -> Tensor | None:
@@ -115,56 +111,68 @@ class AGC(Clipper):
         if not self.exclude:
             return None
         per_tensor = self._excluded(names, g.device)[g.layer_index]
-        key = (g.device, positions, counts)
-        index = self._unit_index.get(key)
-        if index is None:  # which tensor each unit belongs to: depends only on host-known shapes, cached
-            ids = [i for i, c in zip(positions, counts) for _ in range(c)]
-            if len(self._unit_index) > 64:
-                self._unit_index.clear()
-            index = self._unit_index[key] = torch.tensor(ids, dtype=torch.long).to(g.device, non_blocking=True)
+        # Which tensor each unit belongs to: depends only on host-known shapes, cached.
+        index = self._unit_index.get((g.device, positions, counts), lambda: long_tensor(
+            [i for i, c in zip(positions, counts, strict=True) for _ in range(c)], g.device))
         return per_tensor[index]
 
     def clip(self, batch: GradBatch) -> ClipResult:
-        home = batch.home
-        acc = accumulate_dtype(home)
-        clipped_sq = torch.zeros((), dtype=acc, device=home)
-        active = torch.zeros((), dtype=acc, device=home)
-        units = torch.zeros((), dtype=acc, device=home)
-        min_coef = torch.ones((), dtype=acc, device=home)
+        totals = _UnitTotals(batch.home)
         sparse = False
         for g in batch.groups:
-            positions = tuple(i for i, t in enumerate(g.grads) if not t.is_sparse)
-            pairs = [(g.params[i], g.grads[i]) for i in positions]
-            sparse = sparse or len(pairs) < len(g.grads)
-            if not pairs:
-                continue
-            grad_units = [unit_norms(t) for _, t in pairs]
-            weight_units = [unit_norms(p.detach()) for p, _ in pairs]
-            counts = tuple(u.numel() for u in grad_units)
-            gn, wn = torch.cat(grad_units), torch.cat(weight_units).to(grad_units[0].dtype)
-            bound = self.clip_factor * wn.clamp(min=self.eps)
-            excluded = self._unit_excluded(g, batch.layer_names, positions, counts)
-            ok = torch.isfinite(gn) & (gn > bound)
-            if excluded is not None:
-                ok = ok & ~excluded
-            # torch.where instead of `if norm > bound`: branching on a device value would be a host sync.
-            coef = torch.where(ok, bound / torch.where(ok, gn, torch.ones_like(gn)), torch.ones_like(gn))
-            torch._foreach_mul_([t for _, t in pairs],
-                                [c.reshape(_unit_shape(t)) for c, (_, t) in zip(coef.split(counts), pairs)])
-            after = torch.where(torch.isfinite(gn), gn * coef, gn)
-            clipped_sq = clipped_sq + after.to(home, acc, non_blocking=True).square().sum()
-            active = active + ok.sum().to(home, acc, non_blocking=True)
-            if excluded is None:
-                units = units + coef.numel()  # a host-known count: a kernel argument, not a copy
-            else:
-                units = units + (~excluded).sum().to(home, acc, non_blocking=True)
-            min_coef = torch.minimum(min_coef, coef.min().to(home, acc, non_blocking=True))
-        clipped_norm = None if sparse else clipped_sq.sqrt()
-        return ClipResult(clipped_norm=clipped_norm, threshold=self.clip_factor, coef=min_coef,
-                          active_frac=active / units.clamp(min=1.0), clipped=active > 0)
+            positions = tuple(i for i, t in enumerate(g.grads) if not t.is_sparse)  # sparse gradients: unclipped
+            sparse = sparse or len(positions) < len(g.grads)
+            if positions:
+                self._clip_group(g, batch.layer_names, positions, totals)
+        clipped_norm = None if sparse else totals.clipped_sq.sqrt()
+        return ClipResult(clipped_norm=clipped_norm, threshold=self.clip_factor, coef=totals.min_coef,
+                          active_frac=totals.active / totals.units.clamp(min=1.0), clipped=totals.active > 0)
+
+    def _clip_group(self, g: GradGroup, names: Sequence[str], positions: tuple[int, ...], totals: _UnitTotals) -> None:
+        """Clip the (dense) gradients at ``positions`` of one group, unit by unit, and add what was done to
+        ``totals``."""
+        params = [g.params[i] for i in positions]
+        grads = [g.grads[i] for i in positions]
+        grad_units = [unit_norms(t) for t in grads]
+        weight_units = [unit_norms(p.detach()) for p in params]
+        counts = tuple(u.numel() for u in grad_units)
+        gn, wn = torch.cat(grad_units), torch.cat(weight_units).to(grad_units[0].dtype)
+        bound = self.clip_factor * wn.clamp(min=self.eps)
+        excluded = self._unit_excluded(g, names, positions, counts)
+        ok = torch.isfinite(gn) & (gn > bound)
+        if excluded is not None:
+            ok = ok & ~excluded
+        # torch.where instead of `if norm > bound`: branching on a device value would be a host sync.
+        coef = torch.where(ok, bound / torch.where(ok, gn, torch.ones_like(gn)), torch.ones_like(gn))
+        torch._foreach_mul_(grads, [c.reshape(_unit_shape(t))
+                                    for c, t in zip(torch.split(coef, list(counts)), grads, strict=True)])
+        totals.add(torch.where(torch.isfinite(gn), gn * coef, gn), ok, coef, excluded)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+class _UnitTotals:
+    """What :class:`AGC` did over every group, as device tensors on ``home``."""
+
+    def __init__(self, home: torch.device) -> None:
+        self.home = home
+        self.acc = acc = accumulate_dtype(home)
+        self.clipped_sq = torch.zeros((), dtype=acc, device=home)  # squared global norm after clipping
+        self.active = torch.zeros((), dtype=acc, device=home)  # units rescaled
+        self.units = torch.zeros((), dtype=acc, device=home)  # units not excluded
+        self.min_coef = torch.ones((), dtype=acc, device=home)
+
+    def add(self, after: Tensor, ok: Tensor, coef: Tensor, excluded: Tensor | None) -> None:
+        """One group's unit norms ``after`` clipping, which units were rescaled (``ok``), by ``coef``."""
+        home, acc = self.home, self.acc
+        self.clipped_sq = self.clipped_sq + after.to(home, acc, non_blocking=True).square().sum()
+        self.active = self.active + ok.sum().to(home, acc, non_blocking=True)
+        if excluded is None:
+            self.units = self.units + coef.numel()  # a host-known count: a kernel argument, not a copy
+        else:
+            self.units = self.units + (~excluded).sum().to(home, acc, non_blocking=True)
+        self.min_coef = torch.minimum(self.min_coef, coef.min().to(home, acc, non_blocking=True))
 
 
 class LayerNormClip(Clipper):
@@ -172,8 +180,8 @@ class LayerNormClip(Clipper):
     for every watched layer, in one pass.
 
     A layer (as gradwatch defines it: a module that owns parameters, weight and bias together) whose gradient norm
-    ``n`` exceeds ``max_norm`` is scaled by ``max_norm / (n + 1e-6)``, exactly as ``clip_grad_norm_`` would scale it; the
-    other layers are untouched. A layer with a non-finite norm is left alone (the ``nonfinite`` rule reports it).
+    ``n`` exceeds ``max_norm`` is scaled by ``max_norm / (n + 1e-6)``, exactly as ``clip_grad_norm_`` would scale it;
+    the other layers are untouched. A layer with a non-finite norm is left alone (the ``nonfinite`` rule reports it).
     ``report.extras``: ``gradwatch/clip/threshold`` is ``max_norm``, ``gradwatch/clip/coef`` the smallest layer
     coefficient, ``gradwatch/clip/active_frac`` the fraction of layers (with a gradient) that were clipped.
 

@@ -21,7 +21,7 @@ equations of ZClip (Kumar et al., 2025):
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 __all__ = ["ZScoreMode", "clip_target", "ema_update", "welford_update", "zscore"]
 
@@ -31,22 +31,25 @@ T = TypeVar("T")
 
 def ema_update(mean: T, var: T, x: T, alpha: float) -> tuple[T, T]:
     """One EMA step of the mean and variance with the value ``x`` (ZClip's update; the variance uses the new mean)."""
-    new_mean = alpha * mean + (1.0 - alpha) * x  # type: ignore[operator]
-    new_var = alpha * var + (1.0 - alpha) * (x - new_mean) ** 2  # type: ignore[operator]
-    return new_mean, new_var
+    m, v, c = cast(Any, mean), cast(Any, var), cast(Any, x)  # floats, numpy values or tensors alike
+    new_mean = alpha * m + (1.0 - alpha) * c
+    new_var = alpha * v + (1.0 - alpha) * (c - new_mean) ** 2
+    return cast(T, new_mean), cast(T, new_var)
 
 
 def welford_update(count: T, mean: T, m2: T, x: T) -> tuple[T, T]:
     """Welford's running mean and sum of squared deviations; ``count`` already includes ``x`` (>= 1)."""
-    delta = x - mean  # type: ignore[operator]
-    new_mean = mean + delta / count  # type: ignore[operator]
-    new_m2 = m2 + delta * (x - new_mean)  # type: ignore[operator]
-    return new_mean, new_m2
+    n, m, s, c = cast(Any, count), cast(Any, mean), cast(Any, m2), cast(Any, x)
+    delta = c - m
+    new_mean = m + delta / n
+    new_m2 = s + delta * (c - new_mean)
+    return cast(T, new_mean), cast(T, new_m2)
 
 
 def zscore(x: T, mean: T, var: T, eps: float) -> T:
     """Standard score of ``x`` against the running mean and variance (``eps`` keeps it finite at zero variance)."""
-    return (x - mean) / (var ** 0.5 + eps)  # type: ignore[operator,return-value]
+    c, m, v = cast(Any, x), cast(Any, mean), cast(Any, var)
+    return cast(T, (c - m) / (v ** 0.5 + eps))
 
 
 def clip_target(mean: T, std: T, z: T, z_threshold: float, mode: ZScoreMode) -> T:
@@ -56,6 +59,7 @@ def clip_target(mean: T, std: T, z: T, z_threshold: float, mode: ZScoreMode) -> 
     the harder it is pulled back, and always below ``mean + z_threshold * std``. ``"percentile"``: the fixed level
     ``mean + z_threshold * std``.
     """
+    m, s = cast(Any, mean), cast(Any, std)
     if mode == "zscore":
-        return mean + (z_threshold * z_threshold) * std / z  # type: ignore[operator,return-value]
-    return mean + z_threshold * std  # type: ignore[operator,return-value]
+        return cast(T, m + (z_threshold * z_threshold) * s / cast(Any, z))
+    return cast(T, m + z_threshold * s)
