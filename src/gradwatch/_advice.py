@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import nn
 
-__all__ = ["ModelTraits"]
+__all__ = ["ModelTraits", "Remedy"]
 
 _SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class Remedy(NamedTuple):
+    """The likely cause and what to try, as a :class:`~gradwatch._symptoms.Symptom` carries them (``cause``,
+    ``advice``): the message says ``"Likely cause: <cause>. Try <advice>."``."""
+
+    cause: str
+    advice: str
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class ModelTraits:
                 norm = True
         return cls(tuple(saturating), vanilla, gated, norm, depth)
 
-    def vanishing_advice(self) -> str:
+    def vanishing_remedy(self) -> Remedy:
         causes, tries = [], []
         if self.saturating:
             acts = "/".join(s.lower() for s in self.saturating)
@@ -55,9 +64,9 @@ class ModelTraits:
         if not self.normalization:
             tries.append("batch or layer normalisation")
         tries.append("He (ReLU) or Xavier (tanh/sigmoid) initialisation")
-        return f"Likely cause: {'; '.join(causes)}. Try {', '.join(tries)}."
+        return Remedy("; ".join(causes), ", ".join(tries))
 
-    def exploding_advice(self, clipping: bool = False) -> str:
+    def exploding_remedy(self, clipping: bool = False) -> Remedy:
         """``clipping``: a clipper acted on this step and the clipped norm is still over the ceiling."""
         cause = ("recurrent weights whose repeated product grows over long sequences"
                  if self.vanilla_rnn else "a learning rate too large for this point of training, or a bad batch")
@@ -70,9 +79,12 @@ class ModelTraits:
             tries.insert(1, "an LSTM or GRU")
         if not self.normalization:
             tries.append("normalisation layers")
-        return f"Likely cause: {cause}. Try {', '.join(tries)}."
+        return Remedy(cause, ", ".join(tries))
 
-    def nonfinite_advice(self) -> str:
-        return ("Likely cause: an overflow after exploding gradients or too large a learning rate, fp16 overflow, or a "
-                "NaN/Inf produced in the forward pass (log, sqrt or division of a bad value, bad input data). Try a lower "
-                "learning rate, clipping (clip=1.0), on_nonfinite='skip' to drop bad steps, and check this layer's inputs.")
+    def nonfinite_remedy(self) -> Remedy:
+        return Remedy(
+            "an overflow after exploding gradients or too large a learning rate, fp16 overflow, or a NaN/Inf produced "
+            "in the forward pass (log, sqrt or division of a bad value, bad input data)",
+            "a lower learning rate, clipping (clip=1.0), on_nonfinite='skip' to drop bad steps, and check this "
+            "layer's inputs",
+        )

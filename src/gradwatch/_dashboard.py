@@ -14,17 +14,17 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_int
 from ._errors import ConfigurationError
 from ._flowplot import MissingExtraError, flow_figure_png, require_matplotlib
 from ._histograms import DEFAULT_BINS, Histogram, device_histograms, unpack_histograms
 from ._layers import Layer
+from ._validate import check_int
 
 __all__ = [
     "CATEGORY",
@@ -98,8 +98,10 @@ def build_layout(tags: Sequence[str] = ()) -> Any:
     Examples:
         >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
         >>> category = layout.category[0]
-        >>> category.title, [chart.title for chart in category.chart][:2]
-        ('gradwatch', ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer'])
+        >>> category.title
+        'gradwatch'
+        >>> [chart.title for chart in category.chart][:2]
+        ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer']
         >>> list(category.chart[1].multiline.tag)
         ['gradwatch/grad_norm/']
     """
@@ -107,7 +109,8 @@ def build_layout(tags: Sequence[str] = ()) -> Any:
 
     tags = list(tags)
     charts = [  # constant titles: TensorBoard merges the layouts of every run, deduplicating equal charts
-        (GLOBAL_CHART, (r"gradwatch/global/grad_norm$", r"gradwatch/global/grad_norm_clipped$", r"gradwatch/clip/threshold$")),
+        (GLOBAL_CHART,
+         (r"gradwatch/global/grad_norm$", r"gradwatch/global/grad_norm_clipped$", r"gradwatch/clip/threshold$")),
         ("gradient norm by layer", (r"gradwatch/grad_norm/",)),
         ("max |grad| by layer", (r"gradwatch/grad_max/",)),
         ("symptoms by kind (layers affected per step)", (r"gradwatch/symptoms/",)),
@@ -190,14 +193,12 @@ class DashboardLogger:
     ) -> None:
         self.histogram_every_n_steps = _optional_every("histogram_every_n_steps", histogram_every_n_steps)
         self.figure_every_n_steps = _optional_every("figure_every_n_steps", figure_every_n_steps)
-        if isinstance(histograms, str):
-            histograms = (histograms,)
+        chosen: tuple[str, ...] = (histograms,) if isinstance(histograms, str) else tuple(histograms)
         choices = get_args(HistogramOf)
-        histograms = tuple(histograms)
-        if not histograms or any(h not in choices for h in histograms) or len(set(histograms)) != len(histograms):
-            raise ConfigurationError(f"histograms={histograms!r} is not valid; give one or both of "
+        if not chosen or any(h not in choices for h in chosen) or len(set(chosen)) != len(chosen):
+            raise ConfigurationError(f"histograms={chosen!r} is not valid; give one or both of "
                                      f"{', '.join(repr(c) for c in choices)}, each once.")
-        self.histograms: tuple[HistogramOf, ...] = histograms  # type: ignore[assignment]
+        self.histograms = cast("tuple[HistogramOf, ...]", chosen)
         self.bins = check_int("bins", bins, minimum=2)
         if self.figure_every_n_steps is not None:
             try:

@@ -9,12 +9,13 @@ the skip path carries the gradient through unchanged. gradwatch watches both and
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ._history import SymptomHistory
+from ._history import SymptomHistory, SymptomSummary
 from ._watcher import watch
 
 __all__ = ["XorNet", "XorResult", "run_xor", "xor_data"]
@@ -43,7 +44,8 @@ class XorNet(nn.Module):
         super().__init__()
         self.residual = residual
         self.input = nn.Linear(2, width)
-        self.hidden = nn.ModuleList(ResidualSigmoid(width) if residual else nn.Linear(width, width) for _ in range(depth))
+        self.hidden = nn.ModuleList(ResidualSigmoid(width) if residual else nn.Linear(width, width)
+                                    for _ in range(depth))
         self.out = nn.Linear(width, 1)
         self.act = nn.Sigmoid()
 
@@ -51,7 +53,8 @@ class XorNet(nn.Module):
         x = self.act(self.input(x))
         for layer in self.hidden:
             x = layer(x) if self.residual else self.act(layer(x))
-        return self.act(self.out(x))
+        out: torch.Tensor = self.act(self.out(x))
+        return out
 
 
 def xor_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +83,7 @@ def run_xor(*, residual: bool, steps: int = 1500, lr: float = 1.0, seed: int = 0
         for _ in range(steps):
             loss = nn.functional.mse_loss(model(x), y)
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             watcher.step(loss=loss)
             optimizer.step()
         history = watcher.history
@@ -94,19 +97,27 @@ def describe(result: XorResult) -> str:
     name = "residual" if result.residual else "plain"
     outs = " ".join(f"{o:.2f}" for o in result.outputs)
     lines = [f"{name:>8}: final loss {result.loss:.4f}, outputs for (00, 01, 10, 11): {outs}"]
-    vanishing = result.history.summaries("vanishing")
-    others = [s for s in result.history.summaries() if s.kind != "vanishing"]
-    if vanishing:
-        first = min(s.first_step for s in vanishing)
-        early = [s.layer for s in vanishing if s.layer and s.first_step == first]
-        later = [s.layer for s in vanishing if s.layer and s.first_step != first]
-        lines.append(f"          gradwatch: VANISHING gradients from step {first} at {len(early)} layers: "
-                     f"{', '.join(early)}.")
-        if later:
-            lines.append(f"          Later also at {', '.join(later)} (the whole stack stalled).")
-        lines.append("          " + vanishing[0].first_message)
-    for s in others:
-        lines.append(f"          gradwatch: {s.kind} at {s.layer or 'model'}, steps {s.first_step}-{s.last_step}")
+    lines += _vanishing_lines(result.history.summaries("vanishing"))
+    for s in result.history.summaries():
+        if s.kind != "vanishing":
+            lines.append(f"{_INDENT}gradwatch: {s.kind} at {s.layer or 'model'}, steps {s.first_step}-{s.last_step}")
     if not result.history:
-        lines.append("          gradwatch: no symptoms: the gradient reaches every layer.")
+        lines.append(f"{_INDENT}gradwatch: no symptoms: the gradient reaches every layer.")
     return "\n".join(lines)
+
+
+_INDENT = " " * 10
+
+
+def _vanishing_lines(vanishing: Sequence[SymptomSummary]) -> list[str]:
+    """The layers that starved first, those that followed, and the first alert's text."""
+    if not vanishing:
+        return []
+    first = min(s.first_step for s in vanishing)
+    early = [s.layer for s in vanishing if s.layer and s.first_step == first]
+    later = [s.layer for s in vanishing if s.layer and s.first_step != first]
+    lines = [f"{_INDENT}gradwatch: VANISHING gradients from step {first} at {len(early)} layers: {', '.join(early)}."]
+    if later:
+        lines.append(f"{_INDENT}Later also at {', '.join(later)} (the whole stack stalled).")
+    lines.append(_INDENT + vanishing[0].first_message)
+    return lines

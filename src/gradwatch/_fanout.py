@@ -123,4 +123,4 @@ class Fanout:
         what = ", ".join(f"{s.layer} ({'NaN' if math.isnan(s.value) else 'Inf'})" for s in nonfinite)
         action = " The step was skipped." if self.on_nonfinite == "skip" else ""
         warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
-                      f"{nonfinite[0].message.split('. ', 1)[-1]}", GradWatchWarning, stacklevel=5)
+                      f"{nonfinite[0].explanation}", GradWatchWarning, stacklevel=5)

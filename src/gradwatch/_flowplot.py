@@ -18,6 +18,9 @@ __all__ = ["MissingExtraError", "flow_figure_png", "matplotlib_available", "png_
 
 _INSTALL = "pip install 'gradwatch[plot]'"
 _KIND_COLORS = {"nonfinite": "#000000", "exploding": "#d62728", "vanishing": "#1f77b4"}
+_OTHER_KIND_COLOR = "#9467bd"
+_RMS_COLOR, _RMS_LABEL = "#4c72b0", "RMS |grad| (mean entry)"
+_MAX_COLOR, _MAX_LABEL = "#dd8452", "max |grad|"
 
 
 class MissingExtraError(GradWatchError, ImportError):
@@ -74,25 +77,44 @@ def flow_figure_png(
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     flagged = dict(flagged or {})
     n = len(names)
-    floor = _floor(list(rms) + list(maxabs))
     fig = Figure(figsize=(min(24.0, max(6.0, 1.5 + 0.32 * n)), 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    _draw_bars(ax, rms, maxabs, n)
+    _label_layers(ax, names, flagged)
+    ax.set_xlabel("layer (input side left, output side right)")
+    ax.set_ylabel("|gradient| (log scale)")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.legend(handles=_legend_handles(flagged), fontsize=8, loc="upper left", framealpha=0.85)
+    ax.set_title(_default_title(step, flagged) if title is None else title, fontsize=10, pad=12)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _draw_bars(ax: Any, rms: Sequence[float | None], maxabs: Sequence[float | None], n: int) -> None:
+    """The RMS and max |grad| bars of each layer side by side, on a log axis starting below the smallest value."""
+    floor = _floor(list(rms) + list(maxabs))
     xs = list(range(n))
     width = 0.4
-    ax.bar([x - width / 2 for x in xs], [_bar(v, floor) for v in rms], width, bottom=floor, color="#4c72b0",
-           label="RMS |grad| (mean entry)")
-    ax.bar([x + width / 2 for x in xs], [_bar(v, floor) for v in maxabs], width, bottom=floor, color="#dd8452",
-           label="max |grad|")
+    ax.bar([x - width / 2 for x in xs], [_bar(v, floor) for v in rms], width, bottom=floor, color=_RMS_COLOR,
+           label=_RMS_LABEL)
+    ax.bar([x + width / 2 for x in xs], [_bar(v, floor) for v in maxabs], width, bottom=floor, color=_MAX_COLOR,
+           label=_MAX_LABEL)
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_xticks(xs)
+
+
+def _label_layers(ax: Any, names: Sequence[str], flagged: Mapping[str, str]) -> None:
+    """Layer names under the bars (one in ``stride`` past 60 layers, every flagged one), flagged ones coloured by
+    kind with a marker above the plot."""
+    n = len(names)
     stride = max(1, math.ceil(n / 60))
     ax.set_xticklabels([name if i % stride == 0 or name in flagged else "" for i, name in enumerate(names)],
                        rotation=90 if n > 8 else 0, fontsize=8)
@@ -100,25 +122,27 @@ def flow_figure_png(
         kind = flagged.get(name)
         if kind is None:
             continue
-        color = _KIND_COLORS.get(kind, "#9467bd")
+        color = _KIND_COLORS.get(kind, _OTHER_KIND_COLOR)
         ax.get_xticklabels()[i].set_color(color)
         ax.plot([i], [1.0], marker="v", color=color, markersize=9, clip_on=False, transform=ax.get_xaxis_transform())
-    ax.set_xlabel("layer (input side left, output side right)")
-    ax.set_ylabel("|gradient| (log scale)")
-    ax.grid(axis="y", which="major", alpha=0.3)
-    handles = [Patch(color="#4c72b0", label="RMS |grad| (mean entry)"), Patch(color="#dd8452", label="max |grad|")]
+
+
+def _legend_handles(flagged: Mapping[str, str]) -> list[Any]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Patch(color=_RMS_COLOR, label=_RMS_LABEL), Patch(color=_MAX_COLOR, label=_MAX_LABEL)]
     for kind in sorted(set(flagged.values())):
-        handles.append(Line2D([], [], marker="v", linestyle="", color=_KIND_COLORS.get(kind, "#9467bd"), label=kind))
-    ax.legend(handles=handles, fontsize=8, loc="upper left", framealpha=0.85)
-    if title is None:
-        title = "gradwatch: gradient flow by layer" + (f", step {step}" if step is not None else "")
-        if flagged:
-            title += f" ({len(flagged)} layer{'s' if len(flagged) != 1 else ''} flagged)"
-    ax.set_title(title, fontsize=10, pad=12)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+        handles.append(Line2D([], [], marker="v", linestyle="", color=_KIND_COLORS.get(kind, _OTHER_KIND_COLOR),
+                              label=kind))
+    return handles
+
+
+def _default_title(step: int | None, flagged: Mapping[str, str]) -> str:
+    title = "gradwatch: gradient flow by layer" + (f", step {step}" if step is not None else "")
+    if flagged:
+        title += f" ({len(flagged)} layer{'s' if len(flagged) != 1 else ''} flagged)"
+    return title
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -6,8 +6,9 @@ are separate; rendering is plain text (:func:`format_text`) or a rich table when
 complete record: a file cut mid-record by a crash still yields everything written before the cut.
 
 Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; which layers, when and why
-from the alert lines under ``gradwatch/alerts`` (written by :func:`gradwatch._sinks.alerts_markdown`); the depth order
-and layer sizes from ``gradwatch/layers``; the global norm and clipping from ``gradwatch/global/*`` and
+from the alert records under ``gradwatch/alerts`` (the JSON that :func:`gradwatch._sinks.alerts_markdown` writes beside
+the markdown, read by :func:`gradwatch._sinks.read_records`: the fields of each symptom, never its message's words);
+the depth order and layer sizes from ``gradwatch/layers``; the global norm and clipping from ``gradwatch/global/*`` and
 ``gradwatch/clip/*``.
 """
 
@@ -15,18 +16,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 import struct
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._dashboard import LAYERS_TAG, LayerInfo, parse_layers_markdown
-from ._sinks import ALERTS_TAG
+from ._sinks import ALERTS_TAG, read_records
+from ._symptoms import Symptom
 
 __all__ = [
-    "Alert",
     "NoRunsError",
     "RunData",
     "diagnose",
@@ -46,17 +47,6 @@ class NoRunsError(Exception):
     """No event file (or no run of that name) under the log directory; the message says what was looked for."""
 
 
-@dataclass(frozen=True)
-class Alert:
-    """One line of ``gradwatch/alerts``."""
-
-    kind: str
-    severity: str
-    layer: str | None
-    step: int
-    message: str
-
-
 @dataclass
 class RunData:
     """What one run's event files hold that the report needs."""
@@ -64,10 +54,11 @@ class RunData:
     name: str
     path: str
     scalars: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> step -> value
-    alerts: list[Alert] = field(default_factory=list)
+    alerts: list[Symptom] = field(default_factory=list)  # the symptoms of the gradwatch/alerts records
     layers: list[LayerInfo] = field(default_factory=list)  # depth order, from gradwatch/layers
     tag_order: list[str] = field(default_factory=list)  # scalar tags in the order first written
     notes: list[str] = field(default_factory=list)  # truncated files and the like
+    legacy_alerts: int = 0  # alerts read from text written before records existed (no onset, cause or advice)
 
     def series(self, tag: str) -> list[tuple[int, float]]:
         return sorted(self.scalars.get(tag, {}).items())
@@ -84,23 +75,52 @@ class RunData:
         return [t[len(prefix):] for t in self.tag_order if t.startswith(prefix)]
 
 
-_ALERT = re.compile(r"^- \*\*(?P<kind>[^*]+)\*\* \((?P<severity>[^)]*)\) at (?:`(?P<layer>[^`]*)`|model), "
-                    r"step (?P<step>\d+): (?P<message>.*)$")
+def parse_alerts(text: str) -> list[Symptom]:
+    """The alerts of one ``gradwatch/alerts`` text: the symptoms of its records (:func:`gradwatch._sinks.read_records`).
 
-
-def parse_alerts(text: str) -> list[Alert]:
-    """The alerts of one ``gradwatch/alerts`` text (the lines :func:`gradwatch._sinks.alerts_markdown` writes).
+    A text written before records existed has only its markdown lines; each gives what the line's fixed layout
+    (``- **kind** (severity) at `layer`, step N: message``) holds, and nothing read from the message's prose: no onset
+    (``since``), cause or advice.
 
     Examples:
-        >>> parse_alerts("- **vanishing** (warning) at `hidden.0`, step 12: Vanishing gradients.")
-        [Alert(kind='vanishing', severity='warning', layer='hidden.0', step=12, message='Vanishing gradients.')]
+        >>> parse_alerts("- **vanishing** (warning) at `hidden.0`, step 12: Vanishing gradients.")[0].layer
+        'hidden.0'
     """
+    records = read_records(text)
+    return _from_records(records) if records else _legacy_alerts(text)
+
+
+def _from_records(records: Sequence[Mapping[str, Any]]) -> list[Symptom]:
     out = []
-    for line in text.splitlines():
-        m = _ALERT.match(line.strip())
-        if m:
-            out.append(Alert(m["kind"], m["severity"], m["layer"], int(m["step"]), m["message"]))
+    for record in records:
+        try:
+            out.append(Symptom.from_record(record))
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue  # a record without a kind or a step says nothing the report can place
     return out
+
+
+def _legacy_alerts(text: str) -> list[Symptom]:
+    return [a for a in map(_legacy_alert, text.splitlines()) if a is not None]
+
+
+def _legacy_alert(line: str) -> Symptom | None:
+    """The symptom of one markdown line written by gradwatch before alert records existed, else ``None``."""
+    head, found, rest = line.strip().partition("- **")
+    kind, found_kind, rest = rest.partition("** (")
+    severity, found_severity, rest = rest.partition(") at ")
+    if head or not (found and found_kind and found_severity):
+        return None
+    layer: str | None = None
+    if rest.startswith("`"):
+        layer, found, rest = rest[1:].partition("`, step ")
+    else:
+        found = "model, step " if rest.startswith("model, step ") else ""
+        rest = rest[len(found):]
+    step, found_step, message = rest.partition(": ")
+    if not (found and found_step and step.isdigit()):
+        return None
+    return Symptom(kind, layer, int(step), math.nan, math.nan, "error" if severity == "error" else "warning", message)
 
 
 def find_runs(logdir: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -119,8 +139,8 @@ def find_runs(logdir: str | os.PathLike[str]) -> list[tuple[str, str]]:
             rel = os.path.relpath(dirpath, root)
             runs.append((rel.replace(os.sep, "/") if rel != "." else ".", dirpath))
     if not runs:
-        raise NoRunsError(f"No TensorBoard event files (events.out.tfevents.*) under {root!r}. Point gradwatch report at "
-                          "the log_dir given to gradwatch.watch(), or the Lightning logger's save_dir.")
+        raise NoRunsError(f"No TensorBoard event files (events.out.tfevents.*) under {root!r}. Point gradwatch report "
+                          "at the log_dir given to gradwatch.watch(), or the Lightning logger's save_dir.")
     return runs
 
 
@@ -142,28 +162,45 @@ def load_run(name: str, directory: str) -> RunData:
             for event in LegacyEventFileLoader(path).Load():
                 if event.HasField("summary"):
                     _take_summary(run, event.summary, int(event.step), seen_tags)
-        except Exception as exc:  # noqa: BLE001 - a damaged file must not hide the others
+        except Exception as exc:  # a damaged file must not hide the others
             run.notes.append(f"{fname}: stopped reading at a damaged record ({exc.__class__.__name__}: {exc}).")
+    if run.legacy_alerts:
+        run.notes.append(f"{run.legacy_alerts} alert(s) written by a gradwatch without alert records: their steps are "
+                         "those of the alerts, not of the episodes' onsets, and they give no advice.")
     return run
 
 
 def _take_summary(run: RunData, summary: Any, step: int, seen: set[str]) -> None:
     for value in summary.value:
-        tag = value.tag
         kind = value.WhichOneof("value")
         if kind == "simple_value":
-            _scalar(run, tag, step, float(value.simple_value), seen)
+            _scalar(run, value.tag, step, float(value.simple_value), seen)
         elif kind == "tensor":
-            plugin = value.metadata.plugin_data.plugin_name
-            if tag == ALERTS_TAG or tag == LAYERS_TAG or plugin == "text":
-                text = b"\n".join(value.tensor.string_val).decode("utf-8", "replace")
-                if tag == ALERTS_TAG or tag.startswith(ALERTS_TAG + "/"):
-                    run.alerts.extend(parse_alerts(text))
-                elif tag == LAYERS_TAG or tag.startswith(LAYERS_TAG + "/"):
-                    run.layers = parse_layers_markdown(text) or run.layers
-            elif plugin == "scalars" and (value.tensor.float_val or value.tensor.double_val):
-                vals = list(value.tensor.float_val) or list(value.tensor.double_val)
-                _scalar(run, tag, step, float(vals[0]), seen)
+            _take_tensor(run, value, step, seen)
+
+
+def _take_tensor(run: RunData, value: Any, step: int, seen: set[str]) -> None:
+    tag = value.tag
+    plugin = value.metadata.plugin_data.plugin_name
+    if tag in (ALERTS_TAG, LAYERS_TAG) or plugin == "text":
+        _take_text(run, tag, b"\n".join(value.tensor.string_val).decode("utf-8", "replace"))
+    elif plugin == "scalars" and (value.tensor.float_val or value.tensor.double_val):
+        vals = list(value.tensor.float_val) or list(value.tensor.double_val)
+        _scalar(run, tag, step, float(vals[0]), seen)
+
+
+def _take_text(run: RunData, tag: str, text: str) -> None:
+    """``SummaryWriter.add_text`` writes under ``<tag>/text_summary``: both spellings are ours."""
+    if tag == ALERTS_TAG or tag.startswith(ALERTS_TAG + "/"):
+        records = read_records(text)
+        if records:
+            run.alerts.extend(_from_records(records))
+        else:
+            legacy = _legacy_alerts(text)
+            run.legacy_alerts += len(legacy)
+            run.alerts.extend(legacy)
+    elif tag == LAYERS_TAG or tag.startswith(LAYERS_TAG + "/"):
+        run.layers = parse_layers_markdown(text) or run.layers
 
 
 def _scalar(run: RunData, tag: str, step: int, v: float, seen: set[str]) -> None:
@@ -192,6 +229,11 @@ def _truncated_at(path: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------- diagnosis
+#: Kinds whose alerts name gradwatch's own remedy in their sentence (``ZScoreClip``, ``on_spike="skip"``): the report
+#: gives no advice line for them, as it never has.
+_NO_ADVICE_LINE = frozenset({"spike"})
+
+
 def diagnose(run: RunData) -> dict[str, Any]:
     """The report of one run, as JSON-ready data (what ``--json`` prints for each run).
 
@@ -201,51 +243,18 @@ def diagnose(run: RunData) -> dict[str, Any]:
     vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, trend, non-finite count),
     ``clipping``, ``advice`` (per kind), ``notes``.
 
+    Everything about an alert comes from its record's fields (:meth:`Symptom.to_record`): the onset from ``since``,
+    the advice from ``cause``, ``advice`` and ``origin_note``; never from the message's words.
+
     Examples:
         >>> run = RunData("r", "/tmp/r", scalars={"gradwatch/global/grad_norm": {0: 4.0, 10: 1.0}})
         >>> diagnose(run)["global_norm"]["trend"]
         'falling'
     """
+    kinds = _symptom_spans(run)
     order = {name: i for i, name in enumerate(run.layer_names())}
-    kinds: dict[str, dict[str, Any]] = {}
-    for tag in sorted(t for t in run.scalars if t.startswith(_SYMPTOMS)):
-        active = [(s, v) for s, v in run.series(tag) if v > 0]
-        kind = tag[len(_SYMPTOMS):]
-        kinds[kind] = {"steps": len(active), "first_step": active[0][0] if active else None,
-                       "last_step": active[-1][0] if active else None,
-                       "max_layers": int(max((v for _, v in active), default=0))}
-    for kind in sorted({a.kind for a in run.alerts}):
-        if kinds.get(kind, {}).get("steps", 0) == 0:  # no count tag for this kind, or the counts were cut off
-            per_step: dict[int, int] = {}
-            for a in run.alerts:
-                if a.kind == kind:
-                    per_step[a.step] = per_step.get(a.step, 0) + 1
-            kinds[kind] = {"steps": len(per_step), "first_step": min(per_step), "last_step": max(per_step),
-                           "max_layers": max(per_step.values())}
-    layers: dict[tuple[str, str | None], dict[str, Any]] = {}
-    advice: dict[str, str] = {}
-    for a in sorted(run.alerts, key=lambda a: a.step):
-        key = (a.kind, a.layer)
-        since = _SINCE.search(a.message)  # a sustained symptom is alerted when it fires, after its patience
-        start = min(a.step, int(since.group(1))) if since else a.step
-        entry = layers.get(key)
-        if entry is None:
-            entry = layers[key] = {"kind": a.kind, "layer": a.layer, "severity": a.severity, "alerts": 0,
-                                   "first_step": start, "last_step": a.step, "message": a.message}
-        entry["first_step"] = min(entry["first_step"], start)
-        entry["alerts"] += 1
-        entry["last_step"] = max(entry["last_step"], a.step)
-        if a.severity == "error":
-            entry["severity"] = "error"
-        cause = a.message.find("Likely cause:")
-        if cause >= 0 and a.kind not in advice:
-            advice[a.kind] = a.message[cause:]
-    for entry in layers.values():  # a sustained symptom is alerted once: it lasted while its kind was counted
-        span = kinds.get(entry["kind"], {})
-        if entry["kind"] != "nonfinite" and span.get("last_step") is not None:
-            entry["last_step"] = max(entry["last_step"], span["last_step"])
-    by_layer = sorted(layers.values(), key=lambda e: (e["kind"], order.get(e["layer"], len(order)), e["first_step"]))
-    starved = [e["layer"] for e in by_layer if e["kind"] == "vanishing" and e["layer"] is not None]
+    by_layer = sorted(_layer_entries(run.alerts, kinds).values(),
+                      key=lambda e: (e["kind"], order.get(e["layer"], len(order)), e["first_step"]))
     steps = sorted({s for t, vals in run.scalars.items() if t.startswith("gradwatch/") for s in vals})
     return {
         "name": run.name,
@@ -255,15 +264,67 @@ def diagnose(run: RunData) -> dict[str, Any]:
         "logged_steps": len(run.scalars.get("gradwatch/global/grad_norm", {})),
         "symptoms": kinds,
         "layers": by_layer,
-        "starved_layers": starved,
+        "starved_layers": [e["layer"] for e in by_layer if e["kind"] == "vanishing" and e["layer"] is not None],
         "global_norm": _trend(run.series("gradwatch/global/grad_norm")),
         "clipping": _clipping(run),
-        "advice": advice,
+        "advice": _advice(run.alerts),
         "notes": list(run.notes),
     }
 
 
-_SINCE = re.compile(r"\bsince step (\d+)")
+def _symptom_spans(run: RunData) -> dict[str, dict[str, Any]]:
+    """Per kind: steps with at least one symptom, the first and last of them, most symptoms at once. From the
+    ``gradwatch/symptoms/<kind>`` counts; from the alerts for a kind without counts (or whose counts were cut off)."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for tag in sorted(t for t in run.scalars if t.startswith(_SYMPTOMS)):
+        active = [(s, v) for s, v in run.series(tag) if v > 0]
+        kinds[tag[len(_SYMPTOMS):]] = {"steps": len(active), "first_step": active[0][0] if active else None,
+                                       "last_step": active[-1][0] if active else None,
+                                       "max_layers": int(max((v for _, v in active), default=0))}
+    for kind in sorted({a.kind for a in run.alerts}):
+        if kinds.get(kind, {}).get("steps", 0) == 0:
+            per_step = Counter(a.step for a in run.alerts if a.kind == kind)
+            kinds[kind] = {"steps": len(per_step), "first_step": min(per_step), "last_step": max(per_step),
+                           "max_layers": max(per_step.values())}
+    return kinds
+
+
+def _onset(a: Symptom) -> int:
+    """The first step of an alert's episode: a sustained symptom is alerted when it fires, after its patience, and
+    its record's ``since`` says when it began; a non-finite gradient is an event of its own step."""
+    if a.since is None or a.kind == "nonfinite":
+        return a.step
+    return min(a.step, a.since)
+
+
+def _layer_entries(alerts: Sequence[Symptom], kinds: Mapping[str, Mapping[str, Any]]
+                   ) -> dict[tuple[str, str | None], dict[str, Any]]:
+    """One entry per (kind, layer): alerts, the worst severity, first and last step, the first message."""
+    layers: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for a in sorted(alerts, key=lambda a: a.step):
+        start = _onset(a)
+        entry = layers.setdefault((a.kind, a.layer), {
+            "kind": a.kind, "layer": a.layer, "severity": a.severity, "alerts": 0, "first_step": start,
+            "last_step": a.step, "message": a.message})
+        entry["first_step"] = min(entry["first_step"], start)
+        entry["alerts"] += 1
+        entry["last_step"] = max(entry["last_step"], a.step)
+        if a.severity == "error":
+            entry["severity"] = "error"
+    for entry in layers.values():  # a sustained symptom is alerted once: it lasted while its kind was counted
+        last = kinds.get(entry["kind"], {}).get("last_step")
+        if entry["kind"] != "nonfinite" and last is not None:
+            entry["last_step"] = max(entry["last_step"], last)
+    return layers
+
+
+def _advice(alerts: Sequence[Symptom]) -> dict[str, str]:
+    """Per kind, the first alert's likely cause and what to try (with where a non-finite value first appeared)."""
+    advice: dict[str, str] = {}
+    for a in sorted(alerts, key=lambda a: a.step):
+        if a.remedy is not None and a.kind not in advice and a.kind not in _NO_ADVICE_LINE:
+            advice[a.kind] = " ".join(p for p in (a.remedy, a.origin_note) if p)
+    return advice
 
 
 def _trend(series: Sequence[tuple[int, float]]) -> dict[str, Any] | None:
@@ -307,7 +368,8 @@ def should_fail(reports: Iterable[Mapping[str, Any]], kinds: Sequence[str]) -> l
     """The ``run: kind`` pairs that ``--fail-on kinds`` fails on (``"any"`` matches every kind).
 
     Examples:
-        >>> should_fail([{"name": "a", "symptoms": {"nonfinite": {"steps": 2}, "vanishing": {"steps": 0}}}], ["nonfinite"])
+        >>> runs = [{"name": "a", "symptoms": {"nonfinite": {"steps": 2}, "vanishing": {"steps": 0}}}]
+        >>> should_fail(runs, ["nonfinite"])
         ['a: nonfinite']
     """
     hits = []
@@ -329,12 +391,7 @@ def flow_data(run: RunData, step: int | None = None) -> dict[str, Any]:
         NoRunsError: when the run has no per-layer gradient norms (at or before ``step``).
     """
     names = run.layer_names()
-    logged = sorted({s for n in names for s in run.scalars.get(f"gradwatch/grad_norm/{n}", {})})
-    chosen = [s for s in logged if step is None or s <= step]
-    if not chosen:
-        where = f" at or before step {step}" if step is not None else ""
-        raise NoRunsError(f"Run {run.name!r} has no per-layer gradient norms (gradwatch/grad_norm/*){where}.")
-    at = chosen[-1]
+    at = _flow_step(run, names, step)
     numel = {layer.name: layer.numel for layer in run.layers}
     rms: list[float | None] = []
     maxabs: list[float | None] = []
@@ -343,6 +400,22 @@ def flow_data(run: RunData, step: int | None = None) -> dict[str, Any]:
         size = numel.get(n)
         rms.append(None if norm is None else norm / math.sqrt(size) if size else norm)
         maxabs.append(run.scalars.get(f"gradwatch/grad_max/{n}", {}).get(at))
+    return {"names": names, "rms": rms, "maxabs": maxabs, "flagged": _flagged(run, at), "step": at,
+            "rms_known": bool(numel)}
+
+
+def _flow_step(run: RunData, names: Sequence[str], step: int | None) -> int:
+    """The last step at or before ``step`` with a logged per-layer gradient norm."""
+    logged = sorted({s for n in names for s in run.scalars.get(f"gradwatch/grad_norm/{n}", {})})
+    chosen = [s for s in logged if step is None or s <= step]
+    if not chosen:
+        where = f" at or before step {step}" if step is not None else ""
+        raise NoRunsError(f"Run {run.name!r} has no per-layer gradient norms (gradwatch/grad_norm/*){where}.")
+    return chosen[-1]
+
+
+def _flagged(run: RunData, at: int) -> dict[str, str]:
+    """Layer -> kind of the alerts whose episode still holds at step ``at`` (a non-finite one only at its step)."""
     flagged: dict[str, str] = {}
     for a in run.alerts:
         if a.layer is None or a.step > at:
@@ -350,12 +423,15 @@ def flow_data(run: RunData, step: int | None = None) -> dict[str, Any]:
         if a.kind == "nonfinite":
             if a.step == at:
                 flagged[a.layer] = a.kind
-            continue
-        counts = [(s, v) for s, v in run.series(_SYMPTOMS + a.kind) if a.step <= s <= at]
-        if counts and counts[-1][1] > 0 and all(v > 0 for _, v in counts):  # the episode has not ended by `at`
+        elif _holds(run, a, at):
             flagged.setdefault(a.layer, a.kind)
-    return {"names": names, "rms": rms, "maxabs": maxabs, "flagged": flagged, "step": at,
-            "rms_known": bool(numel)}
+    return flagged
+
+
+def _holds(run: RunData, a: Symptom, at: int) -> bool:
+    """Whether the episode of ``a`` has not ended by step ``at``: its kind was counted at every logged step since."""
+    counts = [(s, v) for s, v in run.series(_SYMPTOMS + a.kind) if a.step <= s <= at]
+    return bool(counts) and counts[-1][1] > 0 and all(v > 0 for _, v in counts)
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -422,7 +498,7 @@ def format_text(reports: Sequence[Mapping[str, Any]]) -> str:
             head = ("kind", "layer", "severity", "alerts", "steps")
             widths = [max(len(x[i]) for x in [head, *rows]) for i in range(5)]
             for row in [head, *rows]:
-                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         out += ["  " + line for line in _summary_lines(r)]
         out.append("")
     return "\n".join(out).rstrip()

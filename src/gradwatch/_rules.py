@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._advice import ModelTraits
+from ._advice import ModelTraits, Remedy
 from ._spikes import SpikeState, spike_symptoms
 from ._symptoms import Symptom
 from ._thresholds import Thresholds
@@ -99,13 +99,14 @@ def evaluate(
 
 def nonfinite_symptoms(stats: HostStats, traits: ModelTraits) -> list[Symptom]:
     out = []
+    remedy = traits.nonfinite_remedy()
     for i in np.flatnonzero(stats.nonfinite):
         what = "NaN" if stats.nonfinite[i] == 1 else "Inf"
-        name = stats.names[i]
-        out.append(Symptom(
-            kind="nonfinite", layer=name, step=stats.step, value=math.nan if what == "NaN" else math.inf,
-            threshold=math.inf, severity="error", since=stats.step,
-            message=f"{what} in the gradients of layer '{name}' at step {stats.step}. {traits.nonfinite_advice()}",
+        name = stats.names[int(i)]
+        out.append(Symptom.described(
+            "nonfinite", name, stats.step, math.nan if what == "NaN" else math.inf, math.inf, "error",
+            since=stats.step, evidence=f"{what} in the gradients of layer '{name}' at step {stats.step}.",
+            cause=remedy.cause, advice=remedy.advice,
         ))
     return out
 
@@ -134,26 +135,27 @@ def vanishing_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
     if firing.size == 0:
         return []
     profile = _depth_profile(stats.names, rms, firing, strongest_i)
-    advice = traits.vanishing_advice()
+    remedy = traits.vanishing_remedy()
+    strongest_name = stats.names[strongest_i]
     out = []
     for i in firing:
-        name, value = stats.names[i], float(rms[i])
+        name, value = stats.names[int(i)], float(rms[i])
         ratio = value / strongest if strongest > 0 else 0.0
         since = int(state.vanish_since[i])
         absolute = value < th.vanishing_rms
         threshold = th.vanishing_rms if absolute else th.vanishing_ratio * strongest
-        out.append(Symptom(
-            kind="vanishing", layer=name, step=stats.step, value=value, threshold=float(threshold), severity="warning",
-            since=since,
-            message=(f"Vanishing gradients at layer '{name}' since step {since}: RMS {value:.2e} is {ratio:.1e}x the "
-                     f"strongest layer ('{stats.names[strongest_i]}', {strongest:.2e}). {profile} {advice}"),
+        out.append(Symptom.described(
+            "vanishing", name, stats.step, value, float(threshold), "warning", since=since,
+            evidence=(f"Vanishing gradients at layer '{name}' since step {since}: RMS {value:.2e} is {ratio:.1e}x the "
+                      f"strongest layer ('{strongest_name}', {strongest:.2e})."),
+            detail=profile, cause=remedy.cause, advice=remedy.advice,
         ))
     return out
 
 
 def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, strongest_i: int) -> str:
     n = len(names)
-    first, last = names[firing[0]], names[firing[-1]]
+    first, last = names[int(firing[0])], names[int(firing[-1])]
     weakest_i = int(firing[np.argmin(rms[firing])])
     if firing.size == n:
         where = f"all {n} layers starved: the whole network has stalled"
@@ -180,50 +182,75 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
     g = raw if math.isnan(stats.clipped_norm) else stats.clipped_norm
     clipped = g < raw * (1 - 1e-6)
     # An infinite norm without a NaN/Inf entry is a float32 overflow of finite, huge gradients: exploding.
-    out: list[Symptom] = []
     over = g > th.exploding_norm
     if not over and (clipped or not _jump(g, th, state)):
         _learn(g, clipped, th, state)
-        return out  # the common step: nothing to say, no text built
-    advice = traits.exploding_advice(clipping=clipped and over)
-    top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
-    top_name, top_norm = stats.names[top], float(stats.grad_norm[top])
-    before = " before clipping" if clipped else ""
-    norm_text = f"global norm {g:.3g} after clipping (before: {raw:.3g})" if clipped else f"global norm {g:.3g}"
-    if over:
-        since = state.active.get(("exploding", None), stats.step)
-        out.append(Symptom(
-            kind="exploding", layer=None, step=stats.step, value=g, threshold=th.exploding_norm, severity="error",
-            since=since,
-            message=(f"Exploding gradients at step {stats.step}: {norm_text} is over the ceiling "
-                     f"{th.exploding_norm:.3g}; largest in layer '{top_name}' ({top_norm:.3g}{before}). {advice}"),
-        ))
-        for i in np.flatnonzero(~np.isnan(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
-            name = stats.names[i]
-            out.append(Symptom(
-                kind="exploding", layer=name, step=stats.step, value=float(stats.grad_norm[i]),
-                threshold=th.exploding_norm, severity="error", since=state.active.get(("exploding", name), stats.step),
-                message=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {stats.grad_norm[i]:.3g}"
-                         f"{before} is over the ceiling {th.exploding_norm:.3g}. {advice}"),
-            ))
+        return []  # the common step: nothing to say, no text built
+    norms = _Norms.of(stats, g, clipped, traits.exploding_remedy(clipping=clipped and over))
+    out = _over_ceiling(stats, norms, th, state) if over else []
     if clipped:  # the clipper bounded this step: not a jump, and not the level the baseline should learn
         return out
     if _jump(g, th, state):
         state.jump_streak += 1
-        baseline = float(state.baseline or 0.0)
         if not out:
-            out.append(Symptom(
-                kind="exploding", layer=None, step=stats.step, value=g, threshold=th.jump_factor * baseline,
-                severity="warning", since=state.active.get(("exploding", None), stats.step),
-                message=(f"Sudden jump in the gradient norm at step {stats.step}: {norm_text} is {g / baseline:.0f}x "
-                         f"its running baseline {baseline:.3g}; largest in layer '{top_name}' ({top_norm:.3g}{before}). "
-                         f"A bad batch, a loss spike or a learning rate too high. {advice}"),
-            ))
+            out.append(_jump_symptom(stats, norms, th, state))
         if state.jump_streak > max(th.jump_warmup, 1):
             state.baseline, state.jump_streak = g, 0  # a lasting new level: accept it as the baseline
     else:
         _learn(g, clipped, th, state)
     return out
+
+
+@dataclass(frozen=True)
+class _Norms:
+    """What every ``exploding`` message says: the norm judged (and the one before clipping), the largest layer."""
+
+    g: float  # the global norm the rule judges (after the watcher's clipper)
+    norm_text: str
+    largest: str  # "largest in layer 'x' (1.2e+05 before clipping)"
+    before: str  # " before clipping" when the clipper acted, else ""
+    remedy: Remedy
+
+    @classmethod
+    def of(cls, stats: HostStats, g: float, clipped: bool, remedy: Remedy) -> _Norms:
+        top = int(np.argmax(np.where(np.isnan(stats.grad_norm), -np.inf, stats.grad_norm)))
+        before = " before clipping" if clipped else ""
+        norm_text = f"global norm {g:.3g} after clipping (before: {stats.global_norm:.3g})" if clipped else \
+            f"global norm {g:.3g}"
+        largest = f"largest in layer '{stats.names[top]}' ({float(stats.grad_norm[top]):.3g}{before})"
+        return cls(g, norm_text, largest, before, remedy)
+
+
+def _over_ceiling(stats: HostStats, norms: _Norms, th: Thresholds, state: RuleState) -> list[Symptom]:
+    """The model-wide symptom of a global norm over the ceiling, then one per layer whose own norm is over it."""
+    cause, advice = norms.remedy
+    out = [Symptom.described(
+        "exploding", None, stats.step, norms.g, th.exploding_norm, "error",
+        since=state.active.get(("exploding", None), stats.step), cause=cause, advice=advice,
+        evidence=(f"Exploding gradients at step {stats.step}: {norms.norm_text} is over the ceiling "
+                  f"{th.exploding_norm:.3g}; {norms.largest}."),
+    )]
+    for i in np.flatnonzero(~np.isnan(stats.grad_norm) & (stats.grad_norm > th.exploding_norm)):
+        name, norm = stats.names[int(i)], float(stats.grad_norm[i])
+        out.append(Symptom.described(
+            "exploding", name, stats.step, norm, th.exploding_norm, "error",
+            since=state.active.get(("exploding", name), stats.step), cause=cause, advice=advice,
+            evidence=(f"Exploding gradients at layer '{name}' at step {stats.step}: norm {norm:.3g}{norms.before} is "
+                      f"over the ceiling {th.exploding_norm:.3g}."),
+        ))
+    return out
+
+
+def _jump_symptom(stats: HostStats, norms: _Norms, th: Thresholds, state: RuleState) -> Symptom:
+    baseline = float(state.baseline or 0.0)
+    return Symptom.described(
+        "exploding", None, stats.step, norms.g, th.jump_factor * baseline, "warning",
+        since=state.active.get(("exploding", None), stats.step), cause=norms.remedy.cause,
+        advice=norms.remedy.advice,
+        evidence=(f"Sudden jump in the gradient norm at step {stats.step}: {norms.norm_text} is "
+                  f"{norms.g / baseline:.0f}x its running baseline {baseline:.3g}; {norms.largest}."),
+        detail="A bad batch, a loss spike or a learning rate too high.",
+    )
 
 
 def _jump(g: float, th: Thresholds, state: RuleState) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -10,11 +11,29 @@ from typing import Any, Protocol, runtime_checkable
 from . import _tb_crc
 from ._symptoms import Symptom
 
-__all__ = ["ALERTS_TAG", "MemorySink", "Sink", "TensorBoardSink", "alerts_markdown"]
+__all__ = [
+    "ALERTS_TAG",
+    "RECORDS_END",
+    "RECORDS_MARKER",
+    "MemorySink",
+    "Sink",
+    "TensorBoardSink",
+    "alerts_markdown",
+    "read_records",
+    "records_comment",
+]
 
 #: TensorBoard text tag under which every alert is written.
 ALERTS_TAG = "gradwatch/alerts"
 """TensorBoard text tag under which every alert is written."""
+
+#: Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see :func:`alerts_markdown`).
+RECORDS_MARKER = "<!-- gradwatch-records "
+"""Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see :func:`alerts_markdown`)."""
+
+#: Closes that comment.
+RECORDS_END = " -->"
+"""Closes that comment."""
 
 
 @runtime_checkable
@@ -107,18 +126,55 @@ class MemorySink:
 
 
 def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
-    """One markdown list item per symptom, for TensorBoard's text dashboard.
+    """The text written under ``gradwatch/alerts``: one markdown list item per symptom, for TensorBoard's text
+    dashboard, then the symptoms' records (:meth:`Symptom.to_record`) as JSON in an HTML comment, for programs
+    (:func:`read_records`). TensorBoard's sanitizer drops the comment: the dashboard shows the list only.
 
     Examples:
         >>> from gradwatch import Symptom
-        >>> print(alerts_markdown([Symptom("nonfinite", "fc", 7, float("nan"), 0.0, "error", "NaN in 'fc'.")]))
+        >>> text = alerts_markdown([Symptom("nonfinite", "fc", 7, float("nan"), 0.0, "error", "NaN in 'fc'.")])
+        >>> print(text.partition(RECORDS_MARKER)[0].rstrip())
         - **nonfinite** (error) at `fc`, step 7: NaN in 'fc'.
+        >>> [(r["kind"], r["layer"], r["step"], r["value"]) for r in read_records(text)]
+        [('nonfinite', 'fc', 7, 'nan')]
     """
     lines = []
     for s in symptoms:
         where = f"`{s.layer}`" if s.layer else "model"
         lines.append(f"- **{s.kind}** ({s.severity}) at {where}, step {s.step}: {s.message}")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + records_comment(symptoms)
+
+
+def records_comment(symptoms: Sequence[Symptom]) -> str:
+    """The symptoms' records as one HTML comment: :data:`RECORDS_MARKER`, a JSON list, :data:`RECORDS_END`.
+
+    ``<`` and ``>`` inside the JSON's strings are written as ``\\u003c`` and ``\\u003e``, so no layer name or message
+    can end the comment early.
+    """
+    data = json.dumps([s.to_record() for s in symptoms], default=str)
+    return RECORDS_MARKER + data.replace("<", "\\u003c").replace(">", "\\u003e") + RECORDS_END
+
+
+def read_records(text: str) -> list[dict[str, Any]]:
+    """The alert records (:meth:`Symptom.to_record` dicts) of a ``gradwatch/alerts`` text, in order; ``[]`` for a
+    text written before records existed. A comment whose JSON does not parse is skipped.
+
+    Examples:
+        >>> read_records("- **vanishing** (warning) at `fc`, step 3: old text, no records")
+        []
+    """
+    out: list[dict[str, Any]] = []
+    for chunk in text.split(RECORDS_MARKER)[1:]:
+        body, found, _ = chunk.partition(RECORDS_END)
+        if not found:
+            continue
+        try:
+            records = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(records, list):
+            out.extend(r for r in records if isinstance(r, dict))
+    return out
 
 
 class TensorBoardSink:

@@ -3,9 +3,9 @@
 The baseline is the one :class:`~gradwatch.clipping.ZScoreClip` keeps (the arithmetic lives in ``_zscore``): a warm-up
 mean and variance, then an EMA of the mean and variance updated with the *clipped* value, so that a spike does not
 raise the bar for the next one. A value is a spike when its z-score is above ``Thresholds.spike_z`` (OLMo skips steps
-above mean + 6 sigma) **and** it is clearly larger than the mean (``spike_factor`` times it for the gradient norm, 10 by default;
-``spike_loss_margin`` of it above it for the loss): the second test keeps a very steady baseline (a tiny sigma) from
-turning harmless wiggles into alerts.
+above mean + 6 sigma) **and** it is clearly larger than the mean (``spike_factor`` times it for the gradient norm, 10
+by default; ``spike_loss_margin`` of it above it for the loss): the second test keeps a very steady baseline (a tiny
+sigma) from turning harmless wiggles into alerts.
 
 Everything here runs on the host on Python floats, after the step's packed vector arrived: no device access.
 
@@ -95,28 +95,44 @@ def spike_symptoms(step: int, global_norm: float, loss: float | None, th: Thresh
     """Check one step's global gradient norm (before clipping) and loss (if given) against their baselines, then
     update the baselines. Returns at most two ``spike`` symptoms (model-wide, ``layer=None``)."""
     out = []
-    kw = {"alpha": th.spike_alpha, "warmup": th.spike_warmup, "z_threshold": th.spike_z}
     before = state.grad
-    state.grad, z = observe(before, global_norm, **kw)
+    state.grad, z = _observe(before, global_norm, th)
     if z > th.spike_z and global_norm > th.spike_factor * before.mean:
-        level = max(before.mean + th.spike_z * (before.std + _EPS), th.spike_factor * before.mean)
-        out.append(Symptom(
-            kind="spike", layer=None, step=step, value=global_norm, threshold=level, severity="warning", since=step,
-            message=(f"Gradient-norm spike at step {step}: global norm {global_norm:.3g} is {z:.1f} standard deviations "
-                     f"above its running mean {before.mean:.3g} ({global_norm / before.mean:.0f}x). A bad batch or a "
-                     "learning rate too high for this stage; gradwatch.clipping.ZScoreClip clips such steps and "
-                     "watch(on_spike='skip') skips them."),
-        ))
+        out.append(_grad_spike(step, global_norm, z, before, th))
     if loss is not None:
         before = state.loss
-        state.loss, z = observe(before, loss, **kw)
+        state.loss, z = _observe(before, loss, th)
         margin = th.spike_loss_margin * abs(before.mean)
         if z > th.spike_z and loss - before.mean > margin:
-            level = before.mean + max(th.spike_z * (before.std + _EPS), margin)
-            out.append(Symptom(
-                kind="spike", layer=None, step=step, value=loss, threshold=level, severity="warning", since=step,
-                message=(f"Loss spike at step {step}: loss {loss:.4g} is {z:.1f} standard deviations above its running "
-                         f"mean {before.mean:.4g}. A bad batch (mislabelled, corrupted, out of distribution) or an "
-                         "unstable update; watch(on_spike='skip') skips such steps."),
-            ))
+            out.append(_loss_spike(step, loss, z, before, margin, th))
     return out
+
+
+def _observe(b: Baseline, x: float, th: Thresholds) -> tuple[Baseline, float]:
+    return observe(b, x, alpha=th.spike_alpha, warmup=th.spike_warmup, z_threshold=th.spike_z)
+
+
+def _grad_spike(step: int, global_norm: float, z: float, before: Baseline, th: Thresholds) -> Symptom:
+    level = max(before.mean + th.spike_z * (before.std + _EPS), th.spike_factor * before.mean)
+    evidence = (f"Gradient-norm spike at step {step}: global norm {global_norm:.3g} is {z:.1f} standard deviations "
+                f"above its running mean {before.mean:.3g} ({global_norm / before.mean:.0f}x).")
+    return Symptom(
+        kind="spike", layer=None, step=step, value=global_norm, threshold=level, severity="warning", since=step,
+        message=(f"{evidence} A bad batch or a learning rate too high for this stage; gradwatch.clipping.ZScoreClip "
+                 "clips such steps and watch(on_spike='skip') skips them."),
+        evidence=evidence, cause="a bad batch or a learning rate too high for this stage",
+        advice="gradwatch.clipping.ZScoreClip to clip such steps, or watch(on_spike='skip') to skip them",
+    )
+
+
+def _loss_spike(step: int, loss: float, z: float, before: Baseline, margin: float, th: Thresholds) -> Symptom:
+    level = before.mean + max(th.spike_z * (before.std + _EPS), margin)
+    evidence = (f"Loss spike at step {step}: loss {loss:.4g} is {z:.1f} standard deviations above its running mean "
+                f"{before.mean:.4g}.")
+    return Symptom(
+        kind="spike", layer=None, step=step, value=loss, threshold=level, severity="warning", since=step,
+        message=(f"{evidence} A bad batch (mislabelled, corrupted, out of distribution) or an unstable update; "
+                 "watch(on_spike='skip') skips such steps."),
+        evidence=evidence, cause="a bad batch (mislabelled, corrupted, out of distribution) or an unstable update",
+        advice="watch(on_spike='skip') to skip such steps",
+    )

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._layout import Layout
 from ._rules import HostStats
-from ._symptoms import LayerStats, Symptom
+from ._symptoms import LayerStats, Symptom, compose_message
 
 __all__ = ["Record", "StepReport", "amp_event", "amp_persistent", "layer_tags", "step_scalars"]
 
@@ -166,10 +166,10 @@ def amp_event(r: Record) -> Symptom:
 def amp_persistent(s: Symptom, r: Record) -> Symptom:
     """A ``nonfinite`` symptom whose message says that the scaler's overflows are no longer transient."""
     scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
-    first, _, rest = s.message.partition(". ")
     note = (f"The fp16 GradScaler has found Inf/NaN for {r.amp_streak} consecutive steps (loss scale now {scale:g}): "
             "this is not a transient overflow but a real numerical problem.")
-    return dataclasses.replace(s, message=f"{first}. {note} {rest}".strip(), since=r.step - r.amp_streak + 1)
+    return dataclasses.replace(s, detail=note, since=r.step - r.amp_streak + 1,
+                               message=compose_message(s.evidence or s.message, note, s.cause, s.advice))
 
 
 def step_scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, float]:

@@ -44,7 +44,7 @@ def install() -> bool:
             import google_crc32c
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
         from tensorboard.summary.writer import record_writer
-    except Exception:  # noqa: BLE001 - a speed-up: whatever goes wrong, tensorboard keeps its own checksum
+    except Exception:
         return False
     if getattr(google_crc32c, "implementation", None) != "c":
         return False  # its pure-Python fallback is no faster than tensorboard's

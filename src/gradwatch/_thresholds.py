@@ -82,7 +82,8 @@ class Thresholds:
         if self.spike_factor < 1:
             from ._errors import ConfigurationError
 
-            raise ConfigurationError(f"Thresholds.spike_factor={self.spike_factor!r} must be >= 1 (use inf to disable).")
+            raise ConfigurationError(
+                f"Thresholds.spike_factor={self.spike_factor!r} must be >= 1 (use inf to disable).")
         check_number("Thresholds.spike_loss_margin", self.spike_loss_margin, nonnegative=True, allow_inf=True)
         check_number("Thresholds.spike_alpha", self.spike_alpha, nonnegative=True, below=1.0)
         check_int("Thresholds.spike_warmup", self.spike_warmup, minimum=1)

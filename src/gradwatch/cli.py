@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -80,16 +82,7 @@ def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import json
-
-    from ._report import (
-        NoRunsError,
-        diagnose,
-        format_text,
-        load_run,
-        print_rich,
-        should_fail,
-    )
+    from ._report import NoRunsError, should_fail
 
     fail_on = [k.strip() for k in (args.fail_on or "").split(",") if k.strip()]
     try:
@@ -97,27 +90,42 @@ def _report(args: argparse.Namespace) -> int:
     except NoRunsError as exc:
         print(f"gradwatch report: {exc}", file=sys.stderr)
         return 2
-    reports = [diagnose(load_run(name, path)) for name, path in runs]
-    if args.run is None and len(reports) > 1:  # other TensorBoard runs in the same tree are not ours to report
-        reports = [r for r in reports if r["gradwatch"]] or reports
+    reports = _diagnose(runs, chosen=args.run is not None)
     hits = should_fail(reports, fail_on)
     if args.json:
         print(json.dumps({"logdir": os.fspath(args.logdir), "runs": reports, "fail_on": fail_on, "failed": hits},
                          indent=2))
     else:
-        try:
-            import rich  # noqa: F401
-        except ImportError:
-            print(format_text(reports))
-        else:
-            print_rich(reports)
-        if hits:
-            print(f"\ngradwatch report: failing (--fail-on {','.join(fail_on)}): {'; '.join(hits)}", file=sys.stderr)
+        _print_reports(reports, fail_on, hits)
     if not any(r["gradwatch"] for r in reports):
         if not args.json:
             print(f"gradwatch report: no gradwatch tags in the event files under {args.logdir!r}.", file=sys.stderr)
         return 2
     return 1 if hits else 0
+
+
+def _diagnose(runs: Sequence[tuple[str, str]], *, chosen: bool) -> list[dict[str, Any]]:
+    """The reports of ``runs``; of those with gradwatch data only (if any) when several were found, none chosen."""
+    from ._report import diagnose, load_run
+
+    reports = [diagnose(load_run(name, path)) for name, path in runs]
+    if not chosen and len(reports) > 1:  # other TensorBoard runs in the same tree are not ours to report
+        reports = [r for r in reports if r["gradwatch"]] or reports
+    return reports
+
+
+def _print_reports(reports: Sequence[Mapping[str, Any]], fail_on: Sequence[str], hits: Sequence[str]) -> None:
+    """Rich tables when ``rich`` is installed, else plain text; then the failing kinds, if any."""
+    from ._report import format_text, print_rich
+
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print(format_text(reports))
+    else:
+        print_rich(reports)
+    if hits:
+        print(f"\ngradwatch report: failing (--fail-on {','.join(fail_on)}): {'; '.join(hits)}", file=sys.stderr)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -174,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="diagnose logged runs from their event files", description=REPORT_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    report.add_argument("logdir", metavar="LOGDIR", help="directory holding the runs' event files (searched recursively)")
+    report.add_argument("logdir", metavar="LOGDIR",
+                        help="directory holding the runs' event files (searched recursively)")
     report.add_argument("--run", metavar="NAME", help="only this run (its path relative to LOGDIR)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
     report.add_argument("--fail-on", metavar="KINDS", default="",

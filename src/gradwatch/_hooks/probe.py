@@ -22,7 +22,7 @@ import functools
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -395,7 +395,7 @@ def _with_origin(
     out = []
     for s in symptoms:
         if s.kind == "nonfinite":
-            new = replace(s, origin=origin.where, message=f"{s.message} {origin.message}")
+            new = s.with_origin(origin.where, origin.message)
             replaced[id(s)] = new
             s = new
         out.append(s)

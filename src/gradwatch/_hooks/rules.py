@@ -122,14 +122,15 @@ class ActivationState:
         self.active = {(k, m) for k, m in state["active"]}
 
 
-_ADVICE = {
-    "saturated": ("Likely cause: pre-activations too large (weights initialised at too large a scale, inputs not "
-                  "normalised, or a learning rate that drove the weights up). Try Xavier/Glorot initialisation, batch "
-                  "or layer normalisation before the activation, a lower learning rate, or ReLU-family activations "
-                  "(ReLU, LeakyReLU, GELU) that do not saturate."),
-    "dead": ("Likely cause: pre-activations pushed below zero for every input (large negative biases, a learning rate "
-             "too high, or poor initialisation). Try LeakyReLU, ELU or GELU, He initialisation with zero biases, batch "
-             "normalisation before the activation, or a lower learning rate."),
+_REMEDIES = {
+    "saturated": ("pre-activations too large (weights initialised at too large a scale, inputs not normalised, or a "
+                  "learning rate that drove the weights up)",
+                  "Xavier/Glorot initialisation, batch or layer normalisation before the activation, a lower learning "
+                  "rate, or ReLU-family activations (ReLU, LeakyReLU, GELU) that do not saturate"),
+    "dead": ("pre-activations pushed below zero for every input (large negative biases, a learning rate too high, or "
+             "poor initialisation)",
+             "LeakyReLU, ELU or GELU, He initialisation with zero biases, batch normalisation before the activation, "
+             "or a lower learning rate"),
 }
 
 
@@ -160,8 +161,9 @@ def activation_symptoms(
             else:
                 what = (f"Dead units at '{name}' ({types[name]}) since step {since}: {frac:.0%} of its units output "
                         f"zero for the whole batch for {n} sampled steps; they pass no gradient and stop learning.")
-            sym = Symptom(kind=kind, layer=name, step=step, value=float(frac), threshold=float(limit),
-                          severity="warning", message=f"{what} {_ADVICE[kind]}", since=since)
+            cause, advice = _REMEDIES[kind]
+            sym = Symptom.described(kind, name, step, float(frac), float(limit), "warning", since=since,
+                                    evidence=what, cause=cause, advice=advice)
             symptoms.append(sym)
             if key not in state.active:
                 state.active.add(key)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .compat import is_tensorboard_logger
 from .._sinks import Sink, TensorBoardSink
 from .._symptoms import Symptom
+from .compat import is_tensorboard_logger
 
 __all__ = ["LoggerSink", "sinks_for_loggers"]
 
