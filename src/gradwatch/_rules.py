@@ -36,6 +36,9 @@ class HostStats:
     clipped_norm: float
     param_norm: np.ndarray | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    #: Per layer: ||dw|| / ||w|| of the last optimizer step before this one (``watch(optimizer=...)``); ``None``
+    #: without an optimizer attached, NaN for a layer the optimizer did not update.
+    update_ratio: np.ndarray | None = None
 
     def rms(self) -> np.ndarray:
         # No errstate needed (it costs more than the arithmetic): the divisor is at least 1, and a NaN or Inf norm
