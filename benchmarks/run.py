@@ -35,9 +35,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from workloads import WORKLOADS, Workload  # noqa: E402
+from workloads import WORKLOADS, Workload
 
-import gradwatch  # noqa: E402
+import gradwatch
 
 GOALS = {
     "cpu_default_pct": 5.0,  # CPU, every step, default configuration: <= +5% over the bare step
@@ -241,14 +241,14 @@ def run_workload(w: Workload, device: torch.device, variants: list[Variant], rou
         except Unavailable as exc:
             samples[v.name].status = f"n/a ({exc})"
             live.remove(v)
-        except Exception as exc:  # noqa: BLE001 - recorded in the table and the JSON
+        except Exception as exc:  # any failure is recorded in the table and the JSON
             failed(v, exc)
     for r in range(rounds):
         order = live[r % len(live):] + live[:r % len(live)]  # rotate: no variant always runs first
         for v in order:
             try:
                 ms, peak, own = _block(w, opt, device, v, steps, warmup, log_root)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failed(v, exc)
                 continue
             samples[v.name].per_step_ms.append(ms)
@@ -277,8 +277,8 @@ def summarise(samples: dict[str, Samples], grad_bytes: int) -> dict[str, dict[st
         if s.status != "ok":
             out[name] = {"status": s.status}
             continue
-        diffs = [a - b for a, b in zip(s.per_step_ms, bare)]  # paired by round
-        rel = [100.0 * (a - b) / b for a, b in zip(s.per_step_ms, bare)]
+        diffs = [a - b for a, b in zip(s.per_step_ms, bare, strict=True)]  # paired by round
+        rel = [100.0 * (a - b) / b for a, b in zip(s.per_step_ms, bare, strict=True)]
         row: dict[str, Any] = {
             "status": "ok", "median_ms": statistics.median(s.per_step_ms),
             "p25_ms": _quantile(s.per_step_ms, 0.25), "p75_ms": _quantile(s.per_step_ms, 0.75),
@@ -287,7 +287,7 @@ def summarise(samples: dict[str, Samples], grad_bytes: int) -> dict[str, dict[st
             "rounds": len(s.per_step_ms),
         }
         if s.peak_bytes and samples["bare"].peak_bytes:
-            extra = statistics.median([a - b for a, b in zip(s.peak_bytes, samples["bare"].peak_bytes)])
+            extra = statistics.median([a - b for a, b in zip(s.peak_bytes, samples["bare"].peak_bytes, strict=True)])
             own = statistics.median(s.own_bytes) if s.own_bytes else 0
             row["peak_extra_bytes"] = extra  # the whole step's peak over the bare step's, same round
             row["own_peak_bytes"] = own  # the peak inside the variant's own work, over what was live before it
@@ -486,8 +486,8 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
                             "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
         if dev == "cpu" and "cpu_step_alloc_bytes" in res:
             pct = 100 * res["cpu_step_alloc_bytes"] / res["grad_bytes"]
-            out.append({"goal": f"extra memory ≤ {GOALS['memory_pct']:g}% of gradient bytes ({res['name']}, upper bound)",
-                        "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
+            goal = f"extra memory ≤ {GOALS['memory_pct']:g}% of gradient bytes ({res['name']}, upper bound)"
+            out.append({"goal": goal, "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
     rows = {r["tensors"]: r for r in report.get("scaling", [])}
     if 1000 in rows:
         for config in ("not_logged", "logged"):
@@ -511,7 +511,8 @@ def select_device(arg: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     ap.add_argument("--workloads", default="mlp,cnn,transformer", help="comma-separated: mlp, cnn, transformer")
     ap.add_argument("--variants", default=None, help="comma-separated variant names (bare is always included): "

@@ -6,8 +6,9 @@ shaped: 12 layers, d=768, 12 heads, vocab 50257), and a ``tiny`` size for the sm
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -11,7 +11,8 @@ negative for every sample (a dead unit). Four 10-layer MLPs, trained on the same
 4. ReLU with biases of -3: every unit is negative for every input              -> ``dead`` (and ``vanishing``)
 
 Run: ``python examples/activation_saturation.py`` (CPU, a few seconds). Add ``--log-dir runs/act`` to write TensorBoard
-files (``gradwatch/act_saturated_frac/<module>``, ``gradwatch/act_dead_frac/<module>``, ``gradwatch/grad_out_norm/...``).
+files (``gradwatch/act_saturated_frac/<module>``, ``gradwatch/act_dead_frac/<module>``,
+``gradwatch/grad_out_norm/...``).
 """
 
 from __future__ import annotations

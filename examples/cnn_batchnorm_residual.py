@@ -10,7 +10,7 @@ with SGD on 8x8 noisy templates of 10 classes:
 2. cured: ``x + ReLU(BN(conv(x)))`` per block               -> silent, and it learns
 
     python examples/cnn_batchnorm_residual.py [--steps 80] [--log-dir runs/cnn]
-    tensorboard --logdir runs/cnn    # gradwatch/grad_norm/<layer>: the plain net's early layers sit ~1e-8 below the head
+    tensorboard --logdir runs/cnn  # gradwatch/grad_norm/<layer>: the plain net's early layers sit ~1e-8 below the head
 
 Default thresholds; ``vanishing`` needs ``vanishing_patience`` (50) starved steps in a row, so ``--steps`` >= 50.
 """

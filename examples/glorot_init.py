@@ -11,8 +11,8 @@ the back-propagated gradient, and the inputs grow toward the input side as the g
 gradwatch's hooks (``watch(model, activations=True)``) record the norm of the gradient flowing out of every module,
 ``gradwatch/grad_out_norm/<module>``; for a ``Linear`` layer that is the gradient with respect to its pre-activations,
 the quantity of the paper's figure. This script trains a tanh MLP with 5 hidden layers of width 256 (the paper's depth)
-on 8x8 inputs with pixels in [0, 1], with each initialisation, and prints that per-layer profile (averaged over the first 10 steps) next to the weight-gradient norms
-(``gradwatch/grad_norm/<layer>``):
+on 8x8 inputs with pixels in [0, 1], with each initialisation, and prints that per-layer profile (averaged over the
+first 10 steps) next to the weight-gradient norms (``gradwatch/grad_norm/<layer>``):
 
     python examples/glorot_init.py [--steps 50] [--log-dir runs/glorot] [--figure docs/glorot.png]
     tensorboard --logdir runs/glorot
@@ -25,6 +25,7 @@ the standard initialisation, less than a factor of 2 across layers with the norm
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 from collections import OrderedDict
@@ -45,7 +46,7 @@ def tanh_mlp(init: str, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     mods: OrderedDict[str, nn.Module] = OrderedDict()
     d = INPUTS
-    for i, name in enumerate(HIDDEN + ["out"]):
+    for i, name in enumerate([*HIDDEN, "out"]):
         lin = nn.Linear(d, CLASSES if name == "out" else WIDTH)
         if init == "standard":
             bound = 1 / math.sqrt(lin.in_features)  # U[-1/sqrt(n), 1/sqrt(n)], n = fan-in
@@ -85,9 +86,9 @@ def train(init: str, steps: int, log_dir: str | None) -> dict[str, list[float]]:
     ratio = max(profile["backprop"]) / min(profile["backprop"])
     print(f"=== {init} initialisation: final loss {loss.item():.3f}")
     print(f"{'layer':<6} {'|dL/d(pre-activation)|':>23} {'|dL/dW|':>10}")
-    for name, bp, wg in zip(HIDDEN, profile["backprop"], profile["weight_grad"]):
+    for name, bp, wg in zip(HIDDEN, profile["backprop"], profile["weight_grad"], strict=True):
         print(f"{name:<6} {bp:>23.3e} {wg:>10.3e}")
-    monotonic = all(a < b for a, b in zip(profile["backprop"], profile["backprop"][1:]))
+    monotonic = all(a < b for a, b in itertools.pairwise(profile["backprop"]))
     print(f"back-propagated gradient: {'decreases monotonically toward the input' if monotonic else 'not monotonic'}; "
           f"largest / smallest across layers: {ratio:.2f}")
     print(watcher.summary(), end="\n\n")
@@ -104,7 +105,7 @@ def plot(profiles: dict[str, dict[str, list[float]]], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=90, sharey=True)
     layers = range(1, DEPTH + 1)
     for ax, key, title in zip(axes, ("backprop", "weight_grad"),
-                              ("back-propagated gradient (grad_out_norm)", "weight gradient (grad_norm)")):
+                              ("back-propagated gradient (grad_out_norm)", "weight gradient (grad_norm)"), strict=True):
         for init, style in (("standard", "o-"), ("normalised", "s-")):
             ax.plot(layers, profiles[init][key], style, label=f"{init} init")
         ax.set_yscale("log")

@@ -12,7 +12,6 @@ from gradwatch._layers import discover_layers
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    yield
 
 
 def reference_layer_stats(model: nn.Module) -> dict[str, tuple[float | None, float | None]]:

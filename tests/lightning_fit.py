@@ -1,4 +1,7 @@
-"""A tiny LightningModule fit with a GradWatchCallback and a TensorBoardLogger, shared by the report and server tests."""
+"""A tiny LightningModule fit with a GradWatchCallback and a TensorBoardLogger.
+
+Shared by the report and server tests.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| bare step |" in printed and "| gradwatch default (every step, TensorBoard) |" in printed
+    assert "| bare step |" in printed
+    assert "| gradwatch default (every step, TensorBoard) |" in printed
     report = json.loads(out.read_text())
     (mlp,) = report["workloads"]
     assert mlp["tensors"] == sum(1 for _ in run.WORKLOADS["mlp"]("tiny", torch.device("cpu")).model.parameters())
@@ -90,7 +91,8 @@ def test_a_failing_variant_is_recorded_and_the_rest_of_the_run_goes_on(tmp_path,
     assert code == 0
     variants = json.loads(out.read_text())["workloads"][0]["variants"]
     assert variants["broken"]["status"].startswith("error (RuntimeError: CUDA error: out of memory")
-    assert variants["default"]["status"] == "ok" and variants["default"]["rounds"] == 2
+    assert variants["default"]["status"] == "ok"
+    assert variants["default"]["rounds"] == 2
     assert "| a variant that breaks | error (RuntimeError" in capsys.readouterr().out
 
 
@@ -99,10 +101,14 @@ def test_device_selection_sets_only_an_indexed_cuda_device_as_current(monkeypatc
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert run.select_device("auto") == torch.device("cuda") and calls == []  # set_device("cuda") would raise
-    assert run.select_device("cuda") == torch.device("cuda") and calls == []
-    assert run.select_device("cuda:1") == torch.device("cuda:1") and calls == [torch.device("cuda:1")]
-    assert run.select_device("cpu") == torch.device("cpu") and len(calls) == 1
+    assert run.select_device("auto") == torch.device("cuda")
+    assert calls == []  # set_device("cuda") would raise
+    assert run.select_device("cuda") == torch.device("cuda")
+    assert calls == []
+    assert run.select_device("cuda:1") == torch.device("cuda:1")
+    assert calls == [torch.device("cuda:1")]
+    assert run.select_device("cpu") == torch.device("cpu")
+    assert len(calls) == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run.select_device("auto") == torch.device("cpu")
 
@@ -126,8 +132,10 @@ def test_the_cuda_bookkeeping_runs_end_to_end_on_a_faked_cuda(tmp_path, capsys, 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    on_cpu = {name: (lambda make: lambda size, device: make(size, torch.device("cpu")))(make)
-              for name, make in run.WORKLOADS.items()}
+    def built_on_the_cpu(make):  # binds each workload's own factory
+        return lambda size, device: make(size, torch.device("cpu"))
+
+    on_cpu = {name: built_on_the_cpu(make) for name, make in run.WORKLOADS.items()}
     monkeypatch.setattr(run, "WORKLOADS", on_cpu)
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
@@ -139,14 +147,19 @@ def test_the_cuda_bookkeeping_runs_end_to_end_on_a_faked_cuda(tmp_path, capsys, 
         torch.set_num_threads(threads)
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["device"] == "cuda" and report["machine"]["gpu"] == "Fake GPU"
+    assert report["device"] == "cuda"
+    assert report["machine"]["gpu"] == "Fake GPU"
     (cnn,) = report["workloads"]
     default = cnn["variants"]["default"]
-    assert default["status"] == "ok" and default["own_peak_bytes"] > 0 and "peak_extra_bytes" in default
+    assert default["status"] == "ok"
+    assert default["own_peak_bytes"] > 0
+    assert "peak_extra_bytes" in default
     assert "cpu_step_alloc_bytes" not in cnn
     goals = {g["goal"] for g in report["goals"]}
     assert {"GPU default ≤ +2% (cnn)", "GPU + clipping ≤ +2.5% (cnn)", "GPU NaN origin ≤ +10% (cnn)",
             "GPU activations every 10 steps (derived) ≤ +3% (cnn)"} <= goals
     assert any(g.startswith("extra memory ≤ 1% of gradient bytes (cnn)") for g in goals)
     printed = capsys.readouterr().out
-    assert "## gradwatch benchmarks: cuda, Fake GPU" in printed and "own (" in printed and "² CUDA" in printed
+    assert "## gradwatch benchmarks: cuda, Fake GPU" in printed
+    assert "own (" in printed
+    assert "² CUDA" in printed

@@ -10,10 +10,13 @@ def test_demo_diagnoses_the_plain_network_and_clears_the_residual_one(tmp_path, 
     assert main(["demo", "--steps", "120", "--log-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     plain, residual = out.split("residual:")
-    assert "VANISHING gradients" in plain and "input" in plain and "hidden.0" in plain
+    assert "VANISHING gradients" in plain
+    assert "input" in plain
+    assert "hidden.0" in plain
     assert "no symptoms" in residual
     assert f"tensorboard --logdir {tmp_path / 'demo'}" in out
-    assert (tmp_path / "demo" / "plain").is_dir() and (tmp_path / "demo" / "residual").is_dir()
+    assert (tmp_path / "demo" / "plain").is_dir()
+    assert (tmp_path / "demo" / "residual").is_dir()
 
 
 def test_help_and_bad_arguments(capsys):
@@ -28,5 +31,6 @@ def test_help_and_bad_arguments(capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "gradwatch.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "gradwatch.cli", "--version"],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.startswith("gradwatch ")

@@ -21,7 +21,7 @@ def _model_with_grads(scale=10.0, dtype=torch.float32):
 
 def _clone(model):
     ref = copy.deepcopy(model)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         q.grad = p.grad.clone()
     return ref
 
@@ -39,7 +39,7 @@ def test_norm_clipping_equals_clip_grad_norm(clip):
     total = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm, norm_type=norm_type)
     with gradwatch.watch(model, clip=clip) as watcher:
         r = watcher.step()
-    for got, want in zip(_grads(model), _grads(ref)):
+    for got, want in zip(_grads(model), _grads(ref), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     if norm_type == 2.0:
         assert r.global_norm == pytest.approx(float(total), rel=1e-6)
@@ -55,7 +55,7 @@ def test_norm_clipping_below_the_threshold_leaves_gradients_unchanged():
     before = _grads(model)
     with gradwatch.watch(model, clip=100.0) as watcher:
         r = watcher.step()
-    for got, want in zip(_grads(model), before):
+    for got, want in zip(_grads(model), before, strict=True):
         assert torch.equal(got, want)
     assert r.extras["gradwatch/clip/coef"] == 1.0
     assert r.clipped_norm == pytest.approx(r.global_norm)
@@ -67,7 +67,7 @@ def test_norm_clipping_bf16_matches_torch():
     torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
     with gradwatch.watch(model, clip=1.0) as watcher:
         watcher.step()
-    for got, want in zip(_grads(model), _grads(ref)):
+    for got, want in zip(_grads(model), _grads(ref), strict=True):
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-3)
 
 
@@ -77,7 +77,7 @@ def test_value_clipping_equals_clip_grad_value():
     torch.nn.utils.clip_grad_value_(ref.parameters(), 0.7)
     with gradwatch.watch(model, clip=ValueClip(0.7)) as watcher:
         r = watcher.step()
-    for got, want in zip(_grads(model), _grads(ref)):
+    for got, want in zip(_grads(model), _grads(ref), strict=True):
         assert torch.equal(got, want)
     after = float(torch.nn.utils.get_total_norm(_grads(ref)))
     assert r.clipped_norm == pytest.approx(after, rel=1e-6)
@@ -96,7 +96,8 @@ def test_clipping_covers_only_watched_layers():
 
 
 def test_stateless_clippers_have_empty_state():
-    assert NormClip(1.0).state_dict() == {} and ValueClip(1.0).state_dict() == {}
+    assert NormClip(1.0).state_dict() == {}
+    assert ValueClip(1.0).state_dict() == {}
     with pytest.raises(gradwatch.ConfigurationError, match="keeps no state"):
         NormClip(1.0).load_state_dict({"x": 1})
 
@@ -116,7 +117,7 @@ def test_norm_clipping_of_sparse_gradients_scales_them_like_dense_ones():
     with gradwatch.watch(model, clip=1.0) as watcher:
         r = watcher.step()
     assert r.global_norm == pytest.approx(total, rel=1e-6)
-    for p, want in zip(model.parameters(), dense):
+    for p, want in zip(model.parameters(), dense, strict=True):
         torch.testing.assert_close(p.grad.to_dense(), want * coef, rtol=1e-6, atol=0)
 
 
@@ -125,7 +126,7 @@ def test_value_clipping_of_sparse_gradients_clamps_the_coalesced_values():
     with gradwatch.watch(model, clip=ValueClip(0.5)) as watcher:
         watcher.step()
     assert model["emb"].weight.grad.is_sparse
-    for p, want in zip(model.parameters(), dense):
+    for p, want in zip(model.parameters(), dense, strict=True):
         torch.testing.assert_close(p.grad.to_dense(), want.clamp(-0.5, 0.5), rtol=0, atol=0)
 
 
@@ -158,7 +159,8 @@ def test_clip_tally_counts_the_steps_the_clipper_acted_and_survives_a_checkpoint
         del state["clip_tally"]  # a checkpoint written before the tally existed
         resumed.load_state_dict(state)
     with gradwatch.watch(model) as plain:
-        assert plain.clip_tally is None and "clipping" not in plain.summary()
+        assert plain.clip_tally is None
+        assert "clipping" not in plain.summary()
 
 
 @pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
@@ -177,4 +179,6 @@ def test_clip_tally_leaves_out_the_steps_that_were_dropped():
             report = watcher.step()
             assert report.skipped == (step == 10)
     tally = watcher.clip_tally
-    assert (tally.steps, tally.active) == (11, 11) and tally.max_norm == pytest.approx(2.11) and tally.max_step == 11
+    assert (tally.steps, tally.active) == (11, 11)
+    assert tally.max_norm == pytest.approx(2.11)
+    assert tally.max_step == 11

@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 import gradwatch
+from gradwatch._errors import ConfigurationError
+from gradwatch._layers import discover_layers
+from gradwatch._stats import StatsEngine
 from gradwatch.clipping import (
     AGC,
     Clipper,
@@ -22,9 +25,6 @@ from gradwatch.clipping import (
     ValueClip,
     ZScoreClip,
 )
-from gradwatch._errors import ConfigurationError
-from gradwatch._layers import discover_layers
-from gradwatch._stats import StatsEngine
 
 RTOL = 1e-6  # fp32 gradients against float64 references
 
@@ -115,7 +115,7 @@ def test_zscore_clip_matches_float64_reference_on_a_fixed_sequence(mode, max_nor
     clip = ZScoreClip(alpha=0.9, z_threshold=2.5, warmup_steps=10, max_norm=max_norm, mode=mode)
     ref = zclip_reference(NORM_SEQUENCE, alpha=0.9, z=2.5, warmup=10, max_norm=max_norm, mode=mode)
     clipped_steps = 0
-    for step, (g, (want, trigger)) in enumerate(zip(NORM_SEQUENCE, ref)):
+    for step, (g, (want, trigger)) in enumerate(zip(NORM_SEQUENCE, ref, strict=True)):
         model = scalar_model(g)
         with gradwatch.watch(model, clip=clip) as w:
             report = w.step()
@@ -162,7 +162,7 @@ def test_zscore_clip_on_random_gradients_scales_every_gradient_by_one_coefficien
     ref = zclip_reference(norms, alpha=0.97, z=2.0, warmup=3, max_norm=None, mode="zscore")
     coef = ref[-1][0] / norms[-1]
     assert coef < 0.1
-    for b, p in zip(before, model.parameters()):
+    for b, p in zip(before, model.parameters(), strict=True):
         assert_close(p.grad.double(), b.double() * coef, rtol=RTOL, atol=0)
     assert report.clipped_norm == pytest.approx(ref[-1][0], rel=RTOL)
 
@@ -177,7 +177,8 @@ def test_zscore_clip_leaves_non_finite_steps_alone_and_out_of_its_statistics():
     model.weight.grad[0, 1] = float("inf")
     with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, clip=clip) as w:
         w.step()
-    assert torch.isinf(model.weight.grad[0, 1]) and model.weight.grad[0, 0] == pytest.approx(0.6)
+    assert torch.isinf(model.weight.grad[0, 1])
+    assert model.weight.grad[0, 0] == pytest.approx(0.6)
     after = clip.state_dict()
     for k, v in before.items():
         assert torch.equal(after[k], v), k
@@ -193,7 +194,7 @@ def test_percentile_clip_matches_numpy_percentile_over_the_window(percentile):
     norms[[20, 41]] *= 50  # spikes
     clip = PercentileClip(percentile=percentile, window=16)
     measured = []  # the norms the clipper saw (fp32 gradients): numpy gets exactly the same window
-    for t, g in enumerate(norms):
+    for g in norms:
         model = scalar_model(float(g))
         with gradwatch.watch(model, clip=clip) as w:
             report = w.step()
@@ -230,7 +231,8 @@ def test_percentile_clip_memory_is_bounded_and_exact_at_100k_steps():
     for t in range(3 * 64 + 5):  # three times round the ring: the buffer is reused, never grown
         result = feed(float(norms[t]))
         ptr = clip._buffer.data_ptr() if ptr is None else ptr
-        assert clip._buffer.data_ptr() == ptr and clip._buffer.numel() == 64
+        assert clip._buffer.data_ptr() == ptr
+        assert clip._buffer.numel() == 64
     # Fast-forward to step 99,936 (as a checkpoint would), with the ring holding the previous 64 norms in ring order.
     start = 100_000 - 64
     ring = np.empty(64)
@@ -242,7 +244,8 @@ def test_percentile_clip_memory_is_bounded_and_exact_at_100k_steps():
         want = np.percentile(norms[t - 63:t + 1], 10.0)
         assert float(result.threshold) == pytest.approx(want, rel=1e-12)
     state = clip.state_dict()
-    assert state["seen"] == 100_000 and state["buffer"].numel() == storage == 64
+    assert state["seen"] == 100_000
+    assert state["buffer"].numel() == storage == 64
 
 
 @pytest.mark.slow
@@ -258,7 +261,8 @@ def test_percentile_clip_memory_is_bounded_over_100k_real_steps():
         if t in (10, 63, 64, 50_000, 99_999):
             assert float(result.threshold) == pytest.approx(np.percentile(norms[max(0, t - 63):t + 1], 10.0),
                                                             rel=1e-12)
-    assert clip._buffer.numel() == 64 and clip.state_dict()["seen"] == 100_000
+    assert clip._buffer.numel() == 64
+    assert clip.state_dict()["seen"] == 100_000
     assert clip._buffer.data_ptr() == ptr
 
 
@@ -281,7 +285,7 @@ def test_percentile_clip_skips_non_finite_norms_in_its_history():
 def agc_reference(model: nn.Module, grads: list[torch.Tensor], *, lam: float, eps: float, excluded: set[str]):
     """Brock et al. 2021, eq. 3, unit-wise, in float64."""
     out, clipped_units, units, min_coef = [], 0, 0, 1.0
-    for (name, p), g in zip(model.named_parameters(), grads):
+    for (name, p), g in zip(model.named_parameters(), grads, strict=True):
         w, g = p.detach().double(), g.double()
         if name.split(".")[0] in excluded:
             out.append(g)
@@ -289,7 +293,7 @@ def agc_reference(model: nn.Module, grads: list[torch.Tensor], *, lam: float, ep
         rows_w = w.reshape(1, -1) if w.ndim <= 1 else w.reshape(w.shape[0], -1)
         rows_g = g.reshape(1, -1) if g.ndim <= 1 else g.reshape(g.shape[0], -1)
         new_rows = []
-        for rw, rg in zip(rows_w, rows_g):
+        for rw, rg in zip(rows_w, rows_g, strict=True):
             wn, gn = float(rw.norm()), float(rg.norm())
             bound = lam * max(wn, eps)
             coef = bound / gn if gn > bound else 1.0
@@ -312,7 +316,7 @@ def test_agc_matches_float64_reference_on_random_gradients(exclude):
     want, frac, min_coef = agc_reference(model, before, lam=0.05, eps=1e-3, excluded=set(exclude))
     with gradwatch.watch(model, clip=AGC(clip_factor=0.05, exclude=exclude)) as w:
         report = w.step()
-    for (name, p), ref in zip(model.named_parameters(), want):
+    for (name, p), ref in zip(model.named_parameters(), want, strict=True):
         assert_close(p.grad.double(), ref, rtol=RTOL, atol=1e-12, msg=name)
     assert 0 < frac < 1  # some units clipped, some not: the comparison exercised both branches
     assert report.extras["gradwatch/clip/active_frac"] == pytest.approx(frac, rel=1e-12)
@@ -341,15 +345,16 @@ def test_agc_eps_floor_lets_a_zero_initialised_parameter_learn():
             # the bias gradient is clipped to lambda * eps, not to lambda * 0 = 0
             assert float(model[2].bias.grad.abs()) == pytest.approx(min(float(raw.abs()), 0.01 * 1e-3), rel=RTOL)
             sgd_step(model, 1.0)
-    assert float(model[2].bias.detach().abs()) > 0 and float(model[2].weight.detach().abs().sum()) > 0
+    assert float(model[2].bias.detach().abs()) > 0
+    assert float(model[2].weight.detach().abs().sum()) > 0
 
 
 def test_agc_exclude_pattern_that_matches_nothing_is_an_error():
     model = Net()
     set_grads(model, 0)
-    with gradwatch.watch(model, clip=AGC(exclude="classifier")) as w:
-        with pytest.raises(ConfigurationError, match="classifier.*conv, fc, norm, head"):
-            w.step()
+    with gradwatch.watch(model, clip=AGC(exclude="classifier")) as w, \
+            pytest.raises(ConfigurationError, match=r"classifier.*conv, fc, norm, head"):
+        w.step()
 
 
 # ------------------------------------------------------------------ LayerNormClip
@@ -361,13 +366,13 @@ def test_layer_norm_clip_matches_clip_grad_norm_per_layer_in_float64():
     model.norm.weight.grad.mul_(1e-2)  # one layer well under the bound, untouched
     model.norm.bias.grad.mul_(1e-2)
     ref = copy.deepcopy(model).double()
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         q.grad = p.grad.double().clone()
     for m in (ref.conv, ref.fc, ref.norm, ref.head):
         torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.5)
     with gradwatch.watch(model, clip=LayerNormClip(1.5)) as w:
         report = w.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         assert_close(p.grad.double(), q.grad, rtol=RTOL, atol=0)
     assert report.extras["gradwatch/clip/active_frac"] == pytest.approx(3 / 4)
     layer_norms = [report.layers[n].grad_norm for n in ("conv", "fc", "norm", "head")]
@@ -421,8 +426,8 @@ def test_checkpoint_restore_into_a_fresh_watcher_gives_identical_next_10_steps(n
     resumed = run_steps(fresh, b, range(7, 17))
     b.close()
 
-    for step, (u, r) in enumerate(zip(uninterrupted, resumed), start=7):
-        for gu, gr in zip(u[0], r[0]):
+    for step, (u, r) in enumerate(zip(uninterrupted, resumed, strict=True), start=7):
+        for gu, gr in zip(u[0], r[0], strict=True):
             assert torch.equal(gu, gr), (name, step)
         assert u[1:] == r[1:], (name, step)
     if name != "value":
@@ -444,7 +449,7 @@ def test_percentile_clip_refuses_a_state_of_another_window():
         PercentileClip(window=4).load_state_dict(PercentileClip(window=8).state_dict())
 
 
-@pytest.mark.parametrize("make, bad", [
+@pytest.mark.parametrize(("make", "bad"), [
     (lambda: AGC(clip_factor=0.0), "clip_factor=0.0"),
     (lambda: AGC(eps=-1.0), "eps=-1.0"),
     (lambda: AGC(exclude=[""]), "exclude="),
@@ -541,7 +546,7 @@ def test_cuda_steady_state_step_with_any_clipper_makes_no_host_sync(name):
              for s in range(16)]
     with gradwatch.watch(model, clip=CLIPPERS[name](), every_n_steps=1000) as w:
         for step in range(16):
-            for p, g in zip(model.parameters(), grads[step]):
+            for p, g in zip(model.parameters(), grads[step], strict=True):
                 p.grad = g.clone()
             if step >= 12:  # the steady state: past ZScoreClip's warm-up, every cache built
                 torch.cuda.set_sync_debug_mode("error")

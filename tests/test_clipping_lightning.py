@@ -29,7 +29,8 @@ class Tiny(pl.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         gen = torch.Generator().manual_seed(0)
-        self.data = TensorDataset(torch.randn(16 * STEPS, 4, generator=gen), torch.randn(16 * STEPS, 1, generator=gen) * 10)
+        self.data = TensorDataset(torch.randn(16 * STEPS, 4, generator=gen),
+                                  torch.randn(16 * STEPS, 1, generator=gen) * 10)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -75,7 +76,9 @@ def test_clipper_works_through_the_lightning_callback(name, tmp_path):
         assert sum(v for _, v in sink.series("gradwatch/clip/clipped")) >= 1
     if name in ("agc", "layer"):
         fracs = [v for _, v in sink.series("gradwatch/clip/active_frac")]
-        assert len(fracs) == STEPS and all(0 <= f <= 1 for f in fracs) and max(fracs) > 0
+        assert len(fracs) == STEPS
+        assert all(0 <= f <= 1 for f in fracs)
+        assert max(fracs) > 0
     if name == "norm":
         assert all(v <= 0.05 * (1 + 1e-5) for v in clipped.values())
     if name in ("zscore", "percentile"):
@@ -101,7 +104,8 @@ class WeightsPerStep(pl.Callback):
         self._before = [p.detach().clone() for p in pl_module.parameters()]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.changed[batch_idx] = any(not torch.equal(b, p) for b, p in zip(self._before, pl_module.parameters()))
+        self.changed[batch_idx] = any(not torch.equal(b, p)
+                                      for b, p in zip(self._before, pl_module.parameters(), strict=True))
 
 
 @pytest.mark.filterwarnings("ignore:.*treespec.*")

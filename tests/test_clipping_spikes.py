@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
-import zoo
 from torch import nn
 
 import gradwatch
+import zoo
 from gradwatch._errors import ConfigurationError
 from gradwatch._rules import RuleState
 from gradwatch._spikes import Baseline, SpikeState, observe, spike_symptoms
@@ -35,7 +35,7 @@ def test_baseline_follows_the_warmup_then_the_ema_of_the_clipped_value():
     # warm-up: mean 3, population variance 2/3; no verdict
     assert all(math.isnan(z) for z in zs[:3])
     mean, var = 3.0, 2.0 / 3.0
-    for x, z in zip(xs[3:], zs[3:]):
+    for x, z in zip(xs[3:], zs[3:], strict=True):
         std = math.sqrt(var)
         want_z = (x - mean) / (std + 1e-12)
         assert z == pytest.approx(want_z, rel=1e-12)
@@ -68,7 +68,7 @@ def _train(name: str, steps: int, *, spike_at: int | None = None, loss_spike_at:
             before = [p.detach().clone() for p in model.parameters()]
             report = w.step(loss=logged_loss)
             opt.step()
-            changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+            changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
             reports.append((report, changed))
     return reports
 
@@ -79,8 +79,10 @@ def test_injected_50x_gradient_spike_fires_at_that_step_and_only_then():
     firing = [r.step for r, _ in reports if any(s.kind == "spike" for s in r.symptoms)]
     assert firing == [60]
     spike = next(s for s in reports[60][0].symptoms if s.kind == "spike")
-    assert spike.layer is None and spike.value == pytest.approx(reports[60][0].global_norm)
-    assert spike.value > spike.threshold and "Gradient-norm spike at step 60" in spike.message
+    assert spike.layer is None
+    assert spike.value == pytest.approx(reports[60][0].global_norm)
+    assert spike.value > spike.threshold
+    assert "Gradient-norm spike at step 60" in spike.message
 
 
 @pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
@@ -111,7 +113,8 @@ def test_on_spike_ignore_reports_without_warning_and_warn_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", gradwatch.GradWatchWarning)
         reports = _train("residual_mlp", 32, spike_at=30, on_spike="ignore")
-    assert any(s.kind == "spike" for s in reports[30][0].symptoms) and not reports[30][0].skipped
+    assert any(s.kind == "spike" for s in reports[30][0].symptoms)
+    assert not reports[30][0].skipped
     with pytest.warns(gradwatch.GradWatchWarning, match="Gradient-norm spike at step 30"):
         _train("residual_mlp", 32, spike_at=30)
 
@@ -133,7 +136,8 @@ def test_rule_state_round_trips_and_old_checkpoints_still_load():
     saved = state.state_dict()
     fresh = RuleState(3)
     fresh.load_state_dict(saved)
-    assert fresh.spike == state.spike and fresh.spike.grad.seen == 3
+    assert fresh.spike == state.spike
+    assert fresh.spike.grad.seen == 3
     legacy = dict(saved)
     del legacy["spike"]
     RuleState(3).load_state_dict(legacy)  # a checkpoint from before the spike rule
@@ -145,7 +149,7 @@ def test_spike_z_inf_disables_the_rule():
     assert [spike_symptoms(s, g, g, th, state) for s, g in enumerate([1.0, 1.1, 1e6])] == [[], [], []]
 
 
-@pytest.mark.parametrize("kwargs, bad", [
+@pytest.mark.parametrize(("kwargs", "bad"), [
     ({"spike_factor": 0.5}, "spike_factor=0.5"),
     ({"spike_alpha": 1.0}, "spike_alpha=1.0"),
     ({"spike_warmup": 0}, "spike_warmup=0"),
@@ -157,7 +161,7 @@ def test_invalid_spike_thresholds_are_refused(kwargs, bad):
 
 
 def test_invalid_on_spike_is_refused_with_the_choices():
-    with pytest.raises(ConfigurationError, match="on_spike='stop'.*'warn', 'skip', 'ignore'"):
+    with pytest.raises(ConfigurationError, match=r"on_spike='stop'.*'warn', 'skip', 'ignore'"):
         gradwatch.watch(nn.Linear(2, 1), on_spike="stop")
 
 
@@ -166,8 +170,10 @@ def test_skip_reason_tells_a_non_finite_skip_from_a_spike_skip():
     model.weight.grad, model.bias.grad = torch.tensor([[float("nan"), 1.0]]), torch.tensor([1.0])
     with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, on_nonfinite="skip", on_spike="skip") as w:
         report = w.step()
-    assert report.skipped and report.skip_reason == "nonfinite"
+    assert report.skipped
+    assert report.skip_reason == "nonfinite"
     model.weight.grad, model.bias.grad = torch.tensor([[1.0, 1.0]]), torch.tensor([1.0])
     with gradwatch.watch(model, on_spike="skip") as w:
         report = w.step()
-    assert not report.skipped and report.skip_reason is None
+    assert not report.skipped
+    assert report.skip_reason is None

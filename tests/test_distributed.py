@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import reference_layer_stats, rel_close
 from torch import nn
 
 import gradwatch
-from gradwatch.clipping import AGC, NormClip, ValueClip, ZScoreClip
+from conftest import reference_layer_stats, rel_close
 from gradwatch._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
+from gradwatch.clipping import AGC, NormClip, ValueClip, ZScoreClip
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -117,7 +117,7 @@ def reference(step: int, *, clip: float | None = None, params: list[list[float]]
     model = make_model()
     if params is not None:
         with torch.no_grad():
-            for p, v in zip(model.parameters(), params):
+            for p, v in zip(model.parameters(), params, strict=True):
                 p.copy_(torch.tensor(v, dtype=p.dtype).view_as(p))
     backward(model, step, None)
     stats = reference_layer_stats(model)
@@ -136,7 +136,7 @@ def layer_dict(report: gradwatch.StepReport) -> dict[str, Any]:
 def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e-5, *, logged: bool = True) -> None:
     ref, _ = reference(step, params=result.get("params"))
     assert sorted(result["layers"]) == NAMES  # no module. / _fsdp_wrapped_module. prefix
-    for name, (norm, mx, nonfinite, numel, param_norm) in result["layers"].items():
+    for name, (norm, mx, nonfinite, _numel, param_norm) in result["layers"].items():
         assert rel_close(norm, ref[name][0], rtol), (name, norm, ref[name][0])
         assert rel_close(mx, ref[name][1], rtol), (name, mx, ref[name][1])
         assert nonfinite is None
@@ -145,7 +145,7 @@ def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e
         else:
             assert param_norm is None
     numels = {name: sum(p.numel() for p in layer.params)
-              for name, layer in zip(NAMES, gradwatch._layers.discover_layers(make_model()))}
+              for name, layer in zip(NAMES, gradwatch._layers.discover_layers(make_model()), strict=True)}
     assert {n: v[3] for n, v in result["layers"].items()} == numels  # whole layers, not this rank's shard
     total = math.sqrt(sum(ref[n][0] ** 2 for n in NAMES))
     assert rel_close(result["global_norm"], total, rtol)
@@ -153,9 +153,9 @@ def assert_matches_reference(result: dict[str, Any], step: int, rtol: float = 1e
 
 def assert_all_close(got: list[list[float]], want: list[list[float]], rtol: float = 1e-5) -> None:
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert len(g) == len(w)
-        for a, b in zip(g, w):
+        for a, b in zip(g, w, strict=True):
             assert abs(a - b) <= rtol * max(abs(b), 1e-3), (a, b)
 
 
@@ -180,7 +180,7 @@ def ddp_worker(rank: int, tmp: str) -> dict[str, Any]:
         report, calls = counter.step(watcher)
         grads = [p.grad.flatten().tolist() if p.grad is not None else None for p in model.parameters()]
         torch.optim.SGD(model.parameters(), lr=0.1).step()
-        changed = any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+        changed = any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters(), strict=True))
         out["steps"].append({"skipped": report.skipped, "changed": changed, "calls": calls,
                              "layers": layer_dict(report), "global_norm": report.global_norm,
                              "clipped_norm": report.clipped_norm, "grads": grads, "params": params})
@@ -267,7 +267,8 @@ def test_one_collective_per_step_under_ddp(ddp_results: Any) -> None:
         # Statistics, the clip coefficient and the skip decision: one all_gather, nothing else.
         assert [s["calls"] for s in r["steps"]] == [[GATHER]] * 4
         # Logged and non-logged steps alike: the parameter norms travel in the logged step's collective.
-        assert r["plain0"]["calls"] == [GATHER] and r["plain1"]["calls"] == [GATHER]
+        assert r["plain0"]["calls"] == [GATHER]
+        assert r["plain1"]["calls"] == [GATHER]
     ref_model = make_model()
     want = {layer.name: math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.params))
             for layer in gradwatch._layers.discover_layers(ref_model)}
@@ -287,7 +288,8 @@ def test_nan_on_one_rank_every_rank_skips_and_rank_zero_alone_writes(ddp_results
         # The NaN of rank 1 is in both ranks' statistics (reduced), at the layer where it was put.
         assert r["steps"][2]["layers"]["2"][2] == "nan"
         assert r["steps"][2]["layers"]["0"][2] is None
-    assert r0["sinks"] == 1 and r1["sinks"] == 0
+    assert r0["sinks"] == 1
+    assert r1["sinks"] == 0
     events = glob.glob(os.path.join(tmp, "tb", "events.out.tfevents.*"))
     assert len(events) == 1  # rank zero's; rank one opened no writer
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -302,8 +304,10 @@ def test_raise_is_agreed_and_no_sync_and_layer_mismatch_are_refused(ddp_results:
     results, _ = ddp_results
     for r in results:
         assert r["raised"] == {"4": "inf"}  # rank 1 raises too, for rank 0's Inf
-        assert "no_sync" in r["no_sync"] and "local" in r["no_sync"]
-        assert r["mismatch"] is not None and "same layers on every rank" in r["mismatch"]
+        assert "no_sync" in r["no_sync"]
+        assert "local" in r["no_sync"]
+        assert r["mismatch"] is not None
+        assert "same layers on every rank" in r["mismatch"]
 
 
 # ---------------------------------------------------------------------------------------------------- FSDP2
@@ -401,7 +405,8 @@ def test_fsdp2_refuses_local_gradients_and_wrong_numbers(fsdp2_results: Any) -> 
         assert "set_requires_gradient_sync(False)" in r["no_sync"]
         assert "norm_type=1.0" in r["refusals"]["norm_type"]
         assert "histogram_every_n_steps" in r["refusals"]["histograms"]
-        assert "AGC" in r["refusals"]["agc"] and "sharded" in r["refusals"]["agc"]
+        assert "AGC" in r["refusals"]["agc"]
+        assert "sharded" in r["refusals"]["agc"]
         assert r["refusals"]["zscore"] is None  # clips from the global norm: fine under sharding
 
 
@@ -458,8 +463,10 @@ def test_fsdp1_per_layer_norms_equal_the_reference_on_every_rank(fsdp1_results: 
     r0, r1 = fsdp1_results
     # Each rank holds no piece of some parameter, whose .grad is then None there.
     prefix = "_fsdp_wrapped_module."
-    assert prefix + "2.weight" in r0["empty"] and prefix + "0.weight" in r1["empty"]
-    assert prefix + "2.weight" in r0["none0"] and prefix + "0.weight" in r1["none0"]
+    assert prefix + "2.weight" in r0["empty"]
+    assert prefix + "0.weight" in r1["empty"]
+    assert prefix + "2.weight" in r0["none0"]
+    assert prefix + "0.weight" in r1["none0"]
     for r in fsdp1_results:
         assert r["kinds"] == ["fsdp1"]
         for step in (0, 1):
@@ -550,5 +557,7 @@ def off_worker(rank: int, tmp: str) -> dict[str, Any]:
 
 
 def test_distributed_off_watches_one_rank_without_collectives(tmp_path: Any) -> None:
-    r0, r1 = run_ranks(str(tmp_path), off_worker)
-    assert r0["calls"] == [] and r0["distributed"] is False and r0["norm"] > 0
+    r0, _r1 = run_ranks(str(tmp_path), off_worker)
+    assert r0["calls"] == []
+    assert r0["distributed"] is False
+    assert r0["norm"] > 0

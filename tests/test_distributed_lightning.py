@@ -24,16 +24,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
-from conftest import reference_layer_stats, rel_close
-from lightning.pytorch.strategies import (
+# E402: these imports follow the importorskip on purpose (the module is skipped, not broken, without Lightning)
+from lightning.pytorch.strategies import (  # noqa: E402
     DDPStrategy,
     FSDPStrategy,
     ModelParallelStrategy,
 )
 
-from gradwatch._errors import ConfigurationError
-from gradwatch.lightning import GradWatchCallback, unsupported_strategy
-from gradwatch._sinks import MemorySink
+from conftest import reference_layer_stats, rel_close  # noqa: E402
+from gradwatch._errors import ConfigurationError  # noqa: E402
+from gradwatch._sinks import MemorySink  # noqa: E402
+from gradwatch.lightning import GradWatchCallback, unsupported_strategy  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
@@ -172,8 +173,8 @@ def test_callback_norms_and_clipped_step_equal_the_single_process_reference(resu
         assert rel_close(scalars[f"gradwatch/grad_max/net.{name}"], stats[name][1], 1e-5)
     assert rel_close(scalars["gradwatch/global/grad_norm_clipped"], MAX_NORM, 1e-4)
     for r in (r0, r1):  # the optimizer step used the globally clipped gradients (Lightning itself refuses this)
-        for got, want in zip(r["params"], params):
-            assert all(abs(a - b) <= 1e-5 * max(abs(b), 1e-3) for a, b in zip(got, want))
+        for got, want in zip(r["params"], params, strict=True):
+            assert all(abs(a - b) <= 1e-5 * max(abs(b), 1e-3) for a, b in zip(got, want, strict=True))
 
 
 def test_deepspeed_is_refused_with_a_clear_message() -> None:
@@ -184,7 +185,9 @@ def test_deepspeed_is_refused_with_a_clear_message() -> None:
         pass
 
     message = unsupported_strategy(Custom())
-    assert message is not None and "DeepSpeed" in message and "strategy='ddp'" in message
+    assert message is not None
+    assert "DeepSpeed" in message
+    assert "strategy='ddp'" in message
     assert unsupported_strategy(DDPStrategy()) is None
 
     class Trainer:

@@ -31,14 +31,17 @@ def public_names() -> list[tuple[str, str]]:
 def test_public_name_has_a_docstring_with_an_example(module, name):
     obj = getattr(importlib.import_module(module), name)
     if name in CONSTANTS:
-        assert not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)), name
+        assert not inspect.isclass(obj), name
+        assert not inspect.isfunction(obj), name
+        assert not inspect.ismodule(obj), name
         return
     doc = inspect.getdoc(obj)
-    assert doc and ">>>" in doc, f"{module}.{name} needs a docstring with a >>> example"
+    assert doc, f"{module}.{name} needs a docstring with a >>> example"
+    assert ">>>" in doc, f"{module}.{name} needs a docstring with a >>> example"
 
 
 def test_constants_are_all_listed():
-    assert CONSTANTS <= {name for _, name in public_names()}  # no stale exemption
+    assert {name for _, name in public_names()} >= CONSTANTS  # no stale exemption
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,

@@ -1,4 +1,6 @@
-"""Smoke runs of the examples gallery (docs/examples.md), each with few steps, asserting the diagnosis it is meant to show.
+"""Smoke runs of the examples gallery (docs/examples.md).
+
+Each runs with few steps, asserting the diagnosis it is meant to show.
 
 Every example's ``main(argv)`` returns what it found (closed watchers, symptom summaries or gradient profiles). The
 default thresholds are used throughout; ``vanishing`` needs ``vanishing_patience`` (50) starved steps, hence the runs of
@@ -50,7 +52,8 @@ def test_xor_plain_vanishes_at_the_input_side_and_residual_is_silent(tmp_path, c
     assert {"input", "hidden.0", "hidden.1", "hidden.2"} <= set(starved)  # the input side
     assert kinds(out["plain"]) == {"vanishing"}
     assert not out["residual"].history
-    assert event_files(tmp_path / "plain") and event_files(tmp_path / "residual")
+    assert event_files(tmp_path / "plain")
+    assert event_files(tmp_path / "residual")
     assert "VANISHING" in capsys.readouterr().out.upper()
 
 
@@ -62,9 +65,11 @@ def test_activation_saturation_each_case_gets_its_own_diagnosis(tmp_path):
     assert by_case["ReLU, He init"] == set()
     assert "dead" in by_case["ReLU, biases -3"]
     saturated = [s.layer for s in out["sigmoid, N(0, 2^2) weights"] if s.kind == "saturated"]
-    assert saturated and all(layer in {str(i) for i in range(1, 20, 2)} for layer in saturated)  # the Sigmoid modules
+    assert saturated
+    assert all(layer in {str(i) for i in range(1, 20, 2)} for layer in saturated)  # the Sigmoid modules
     dead = [s.layer for s in out["ReLU, biases -3"] if s.kind == "dead"]
-    assert dead and all(layer in {str(i) for i in range(1, 20, 2)} for layer in dead)  # the ReLU modules
+    assert dead
+    assert all(layer in {str(i) for i in range(1, 20, 2)} for layer in dead)  # the ReLU modules
     assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 4
 
 
@@ -77,7 +82,8 @@ def test_cnn_plain_vanishes_at_the_early_layers_and_bn_residual_is_silent(tmp_pa
     assert not {"blocks.13.conv", "blocks.14.conv", "blocks.15.conv", "head"} & set(starved)  # output side fed
     assert min(s.first_step for s in plain.history.summaries("vanishing")) == 49  # patience 50, from step 0
     assert not out["cured"].history
-    assert event_files(tmp_path / "plain") and event_files(tmp_path / "cured")
+    assert event_files(tmp_path / "plain")
+    assert event_files(tmp_path / "cured")
 
 
 def test_glorot_profiles_shrink_toward_the_input_under_standard_init_and_stay_level_under_normalised(tmp_path):
@@ -93,7 +99,8 @@ def test_glorot_profiles_shrink_toward_the_input_under_standard_init_and_stay_le
     acc = EventAccumulator(str(tmp_path / "standard"))
     acc.Reload()
     first = {e.step: e.value for e in acc.Scalars("gradwatch/grad_out_norm/fc1")}
-    assert 0 in first and first[0] > 0  # the profile comes from the hooks' TensorBoard tag
+    assert 0 in first
+    assert first[0] > 0  # the profile comes from the hooks' TensorBoard tag
 
 
 def test_rnn_explodes_lstm_gru_and_clipping_are_silent(tmp_path):
@@ -101,20 +108,26 @@ def test_rnn_explodes_lstm_gru_and_clipping_are_silent(tmp_path):
 
     out = load("rnn_long_sequences").main(["--steps", "30", "--log-dir", str(tmp_path)])
     rnn, clipped = out["rnn"], out["rnn_clipped"]
-    assert "exploding" in kinds(rnn) and "rnn" in rnn.history.layers("exploding")
+    assert "exploding" in kinds(rnn)
+    assert "rnn" in rnn.history.layers("exploding")
     assert min(s.first_step for s in rnn.history.summaries("exploding")) == 0
     # The clipper contains it: the rules judge the clipped norm, so the run is silent (not even a spike: the clipped
     # RNN learns), while the summary and TensorBoard keep the pre-clip norm.
     assert not clipped.history
     tally = clipped.clip_tally
-    assert tally is not None and tally.steps == 30 and tally.active >= 25 and tally.max_norm > 1e4
+    assert tally is not None
+    assert tally.steps == 30
+    assert tally.active >= 25
+    assert tally.max_norm > 1e4
     assert "clipping: active on" in clipped.summary()
     acc = EventAccumulator(str(tmp_path / "rnn_clipped"))
     acc.Reload()
     raw = max(e.value for e in acc.Scalars("gradwatch/global/grad_norm"))
     clipped_norms = [e.value for e in acc.Scalars("gradwatch/global/grad_norm_clipped")]
-    assert raw > 1e4 and max(clipped_norms) == pytest.approx(1.0, rel=1e-3)
-    assert not out["lstm"].history and not out["gru"].history
+    assert raw > 1e4
+    assert max(clipped_norms) == pytest.approx(1.0, rel=1e-3)
+    assert not out["lstm"].history
+    assert not out["gru"].history
     for name in out:
         assert event_files(tmp_path / name), name
 
@@ -127,6 +140,7 @@ def test_too_large_learning_rate_explodes_then_nans_lower_rate_and_clipping_are_
     first_exploding = min(s.first_step for s in sick.history.summaries("exploding"))
     first_nonfinite = min(s.first_step for s in sick.history.summaries("nonfinite"))
     assert first_exploding < first_nonfinite  # exploding, then NaN
-    assert not out["lower"].history and not out["clipped"].history
+    assert not out["lower"].history
+    assert not out["clipped"].history
     for name in out:
         assert event_files(tmp_path / name), name

@@ -63,18 +63,21 @@ def test_model_dropped_while_watched_is_collected() -> None:
     ref = weakref.ref(model)
     del model
     gc.collect()
-    assert ref() is None and w.model is None
+    assert ref() is None
+    assert w.model is None
     w.close()
 
 
 def test_close_between_forward_and_backward_and_on_exception() -> None:
     model = make_model()
-    with pytest.raises(RuntimeError, match="boom"), gradwatch.watch(model, activations=True) as w:
+    # one block for the whole session: the exception is raised inside it, between forward and backward
+    with pytest.raises(RuntimeError, match="boom"), gradwatch.watch(model, activations=True) as w:  # noqa: PT012
         out, _ = model(torch.randn(2, 3, 4))
         raise RuntimeError("boom")
     assert hooks_left(model) == {}
     out.sum().backward()  # the tensor hooks left on this graph are removed or inert
-    assert w._probe is not None and len(w._probe._buffer) == 0  # noqa: SLF001 - nothing recorded after close
+    assert w._probe is not None
+    assert len(w._probe._buffer) == 0  # nothing recorded after close
 
 
 def test_quiet_in_eval_no_grad_and_inference_mode() -> None:
@@ -124,13 +127,14 @@ def test_compiled_model_keeps_gradient_stats_and_warns_once_about_hooks() -> Non
                 model.zero_grad()
     hook_warnings = [c for c in caught if "switched off for a torch.compile'd model" in str(c.message)]
     assert len(hook_warnings) == 1
-    assert sorted(report.layers) == ["0", "2"] and report.layers["0"].grad_norm > 0
+    assert sorted(report.layers) == ["0", "2"]
+    assert report.layers["0"].grad_norm > 0
     assert hooks_left(model) == {}
 
 
 def test_configuration_errors_name_the_value() -> None:
     model = nn.Linear(2, 2)
-    with pytest.raises(gradwatch.ConfigurationError, match="nan_origin='always'.*'off', 'sampled', 'every_step'"):
+    with pytest.raises(gradwatch.ConfigurationError, match=r"nan_origin='always'.*'off', 'sampled', 'every_step'"):
         gradwatch.watch(model, nan_origin="always")  # type: ignore[arg-type]
     with pytest.raises(gradwatch.ConfigurationError, match="activation_every_n_steps=0"):
         gradwatch.watch(model, activations=True, activation_every_n_steps=0)
@@ -145,7 +149,7 @@ def test_off_by_default_no_hooks() -> None:
     with gradwatch.watch(model) as w:
         assert hooks_left(model) == {}
         train_step(model, w)
-        assert w._probe is None  # noqa: SLF001
+        assert w._probe is None
 
 
 def test_outputs_of_every_shape_survive_a_training_step() -> None:

@@ -32,21 +32,21 @@ class Overflow(nn.Module):
 
 class _NaNGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         return g * float("nan")
 
 
 class _InfGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         return g.sign() * float("inf") + 1.0  # +-Inf where g != 0, finite where g == 0: no NaN
 
 
@@ -119,7 +119,7 @@ def run_watched(model: nn.Module, x: torch.Tensor, **kw: object) -> gradwatch.St
             out = model(x)
             F.mse_loss(out, torch.zeros_like(out)).backward()
             report = w.step()
-            report.symptoms  # noqa: B018 - materialise before close
+            report.symptoms  # materialise before close
     return report
 
 
@@ -139,9 +139,10 @@ def anomaly_module(model: nn.Module, x: torch.Tensor) -> str | None:
         spans[cls] = (inspect.getsourcefile(cls.forward), start, start + len(lines))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(RuntimeError, match="returned nan"), torch.autograd.detect_anomaly():
-            out = model(x)
-            F.mse_loss(out, torch.zeros_like(out)).backward()
+        with torch.autograd.detect_anomaly():
+            out = model(x)  # under anomaly mode, which records the forward traceback
+            with pytest.raises(RuntimeError, match="returned nan"):
+                F.mse_loss(out, torch.zeros_like(out)).backward()
     trace = "\n".join(str(w.message) for w in caught if "Traceback of forward call" in str(w.message))
     assert trace, "detect_anomaly gave no forward traceback"
     for path, line in reversed(re.findall(r'File "([^"]+)", line (\d+)', trace)):
@@ -160,7 +161,8 @@ def test_forward_nan_names_the_module(arch: str, depth: int) -> None:
     model, x, name = build(arch, depth, LogNeg())
     report = run_watched(model, x)
     nonfinite = [s for s in report.symptoms if s.kind == "nonfinite"]
-    assert nonfinite and all(s.step == 0 for s in nonfinite)
+    assert nonfinite
+    assert all(s.step == 0 for s in nonfinite)
     assert origins(report) == {(name, "forward")}
     assert "the NaN first appeared in the forward pass" in nonfinite[0].message
     assert anomaly_module(model, x) in (None, name)  # it points at the loss here, downstream of every module
@@ -184,7 +186,8 @@ def test_backward_nan_names_the_module_and_agrees_with_detect_anomaly(arch: str,
     out = model(x)
     assert torch.isfinite(out).all()  # the forward pass is clean
     assert origins(report) == {(name, "backward")}
-    assert "NaN first appeared in the backward pass" in next(s.message for s in report.symptoms if s.kind == "nonfinite")
+    message = next(s.message for s in report.symptoms if s.kind == "nonfinite")
+    assert "NaN first appeared in the backward pass" in message
     assert anomaly_module(model, x) == name
 
 
@@ -227,7 +230,8 @@ def test_bad_inputs_have_no_module_origin() -> None:
     x[1, 2] = float("nan")
     report = run_watched(model, x)
     nonfinite = [s for s in report.symptoms if s.kind == "nonfinite"]
-    assert nonfinite and origins(report) == {None}
+    assert nonfinite
+    assert origins(report) == {None}
     assert "already in the inputs of module '0'" in nonfinite[0].message
 
 

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-import zoo
 from torch import nn
 
 import gradwatch
+import zoo
 from gradwatch._hooks.rules import ActivationState, ActStats, activation_symptoms
 
 
@@ -54,7 +54,8 @@ def test_deep_sigmoid_with_large_weights_is_saturated() -> None:
     assert not w.history.layers("dead")
     entry = w.history.summaries("saturated")[0]
     assert entry.first_step == 4  # patience 5: steps 0..4
-    assert "Xavier" in entry.message and "flat region" in entry.message
+    assert "Xavier" in entry.message
+    assert "flat region" in entry.message
 
 
 def test_deep_sigmoid_with_default_init_vanishes_without_saturating() -> None:
@@ -68,7 +69,8 @@ def test_relu_with_large_negative_bias_is_dead_and_he_init_is_not() -> None:
     assert set(w.history.layers("dead")) == {str(i) for i in range(1, 20, 2)}
     assert "LeakyReLU" in w.history.summaries("dead")[0].message
     healthy = train(deep_mlp(nn.ReLU, std=math.sqrt(2 / 32)))
-    assert not healthy.history.layers("dead") and not healthy.history.layers("saturated")
+    assert not healthy.history.layers("dead")
+    assert not healthy.history.layers("saturated")
 
 
 def test_patience_and_episodes() -> None:

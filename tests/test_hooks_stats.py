@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -92,7 +93,8 @@ def test_statistics_equal_a_hand_reference() -> None:
 
     def got(kind: str, name: str) -> float:
         (step, value), = sink.series(f"gradwatch/{kind}/{name}")
-        assert step == 0 and isinstance(value, float)
+        assert step == 0
+        assert isinstance(value, float)
         return value
 
     for name, ys in outs.items():
@@ -114,7 +116,8 @@ def test_statistics_equal_a_hand_reference() -> None:
     dead = sum(int((y == 0).all(0).sum()) for y in outs["relu"]) / sum(y[0].numel() for y in outs["relu"])
     assert got("act_dead_frac", "relu") == pytest.approx(dead)
     assert 0 < dead < 1
-    assert not sink.series("gradwatch/act_saturated_frac/fc1") and not sink.series("gradwatch/act_dead_frac/fc1")
+    assert not sink.series("gradwatch/act_saturated_frac/fc1")
+    assert not sink.series("gradwatch/act_dead_frac/fc1")
     # Gradient flowing out of each module: norm over all its outputs and calls.
     for name, gs in grads.items():
         want = math.sqrt(sum(float(g.pow(2).sum()) for g in gs))
@@ -256,6 +259,7 @@ def test_activation_checkpointing_records_each_module_once(monkeypatch: pytest.M
         values[use_checkpoint] = {t: v[0][1] for t, v in sink.scalars.items() if t.startswith("gradwatch/act_")}
         counts[use_checkpoint] = sorted(measured)
     # the root, head, block and its four children: one measurement each, checkpointed (recomputed in backward) or not
-    assert counts[True] == counts[False] and len(counts[False]) == 7
+    assert counts[True] == counts[False]
+    assert len(counts[False]) == 7
     assert values[True] == pytest.approx(values[False])
     assert values[True]["gradwatch/act_mean/block.1"] != 0

@@ -26,7 +26,8 @@ def test_close_drops_every_reference_to_the_model_and_its_parameters():
     param_ref = weakref.ref(model[0].weight)
     del model
     gc.collect()
-    assert ref() is None and param_ref() is None
+    assert ref() is None
+    assert param_ref() is None
     assert watcher.model is None
     assert report.layers["0"].grad_norm > 0  # reports outlive the model
 
@@ -45,11 +46,12 @@ def test_the_watcher_holds_the_model_weakly_while_open():
 def test_context_manager_closes_and_flushes_on_exception():
     sink = MemorySink()
     model = nn.Linear(3, 1)
-    with pytest.raises(RuntimeError, match="user code"):
-        with gradwatch.watch(model, sinks=[sink]) as watcher:
-            _step(model, watcher)
-            raise RuntimeError("user code")
-    assert sink.closed and sink.flushes >= 1
+    # one block for the whole session: the exception is raised inside it, after a step
+    with pytest.raises(RuntimeError, match="user code"), gradwatch.watch(model, sinks=[sink]) as watcher:  # noqa: PT012
+        _step(model, watcher)
+        raise RuntimeError("user code")
+    assert sink.closed
+    assert sink.flushes >= 1
     assert sink.series("gradwatch/global/grad_norm")
 
 
@@ -66,7 +68,8 @@ def test_state_dict_round_trip_restores_rule_state_and_step():
     assert b.steps_taken == 6
     # the restored jump baseline is live: a x1000 step is flagged at once, with no new warm-up
     r = _step(model, b, scale=1000.0)
-    assert r.step == 6 and any(s.kind == "exploding" for s in r.symptoms)
+    assert r.step == 6
+    assert any(s.kind == "exploding" for s in r.symptoms)
     a.close()
     b.close()
 

@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch import MemorySink, NonFiniteGradientError, Thresholds
-from gradwatch.clipping import ClipResult, NormClip
 from gradwatch._errors import ConfigurationError
+from gradwatch.clipping import ClipResult, NormClip
 from gradwatch.lightning import GradWatchCallback
 
 pytestmark = [
@@ -191,7 +191,9 @@ def test_skip_leaves_weights_unchanged_at_the_nan_step_and_training_goes_on(name
     assert all(torch.isfinite(q).all() for q in t.lightning_module.parameters())
     assert [a.step for a in sink.alerts if a.kind == "nonfinite"] == [2]
     out = capsys.readouterr().out
-    assert "nonfinite" in out and "net.0" in out and "step 2" in out  # the summary at the end of fit
+    assert "nonfinite" in out
+    assert "net.0" in out
+    assert "step 2" in out  # the summary at the end of fit
 
 
 def test_raise_flushes_the_event_file_before_raising(tmp_path: Any) -> None:
@@ -202,7 +204,8 @@ def test_raise_flushes_the_event_file_before_raising(tmp_path: Any) -> None:
     cb = GradWatchCallback(on_nonfinite="raise")  # log_every_n_steps=50: only step 0 would be logged...
     with pytest.raises(NonFiniteGradientError) as info:
         trainer(pl, tmp_path, [probe(pl, nan_at=2), cb], max_steps=5, logger=tb).fit(module_class(pl)(), data(5))
-    assert info.value.step == 2 and info.value.layers == {"net.0": "nan"}
+    assert info.value.step == 2
+    assert info.value.layers == {"net.0": "nan"}
     acc = EventAccumulator(tb.log_dir, size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("gradwatch/grad_norm/net.0")] == [0, 2]  # ...and the bad step, flushed
@@ -286,7 +289,8 @@ def test_checkpoint_and_resume_restore_rule_and_clipper_state(tmp_path: Any) -> 
     t = trainer(pl, tmp_path, [cb], max_steps=3)
     t.fit(module_class(pl)(), data(6))
     before = cb.state_dict()
-    assert before["rules"]["vanish_count"] == [3, 3] and int(before["clipper"]["calls"]) == 3
+    assert before["rules"]["vanish_count"] == [3, 3]
+    assert int(before["clipper"]["calls"]) == 3
     ckpt = str(tmp_path / "step3.ckpt")
     t.save_checkpoint(ckpt)
 
@@ -303,7 +307,8 @@ def test_checkpoint_and_resume_restore_rule_and_clipper_state(tmp_path: Any) -> 
     assert _same(seen["state"], before)
     assert [s for s, _ in sink.series("gradwatch/global/grad_norm")] == [3, 4]
     after = cb2.state_dict()
-    assert after["rules"]["vanish_count"] == [5, 5] and int(after["clipper"]["calls"]) == 5
+    assert after["rules"]["vanish_count"] == [5, 5]
+    assert int(after["clipper"]["calls"]) == 5
 
 
 # ---------------------------------------------------------------------------------------------------------- loops
@@ -433,8 +438,10 @@ def test_16_mixed_scaler_overflow_is_an_event_until_it_persists(device: str, tmp
     overflows = dict(sink.series("gradwatch/amp/overflows"))
     assert [overflows[s] for s in range(10)] == [0, 1, 1, 1, 2, 3, 4, 5, 6, 6]
     scales = dict(sink.series("gradwatch/amp/scale"))
-    assert scales[0] == 2.0**16 and scales[2] == scales[1] / 2  # the scaler halved its scale after the overflow
-    assert torch.equal(*p.weights[1]) and torch.equal(*p.weights[6])  # the scaler skipped those steps
+    assert scales[0] == 2.0**16
+    assert scales[2] == scales[1] / 2  # the scaler halved its scale after the overflow
+    assert torch.equal(*p.weights[1])  # the scaler skipped those steps
+    assert torch.equal(*p.weights[6])
     assert not torch.equal(*p.weights[2])
     # Steps 1, 4, 5: events only. From the 3rd consecutive overflow (step 6) on: nonfinite symptoms, alerted once.
     nonfinite = dict(sink.series("gradwatch/symptoms/nonfinite"))
@@ -491,9 +498,8 @@ def test_rnn_clipping_example_keeps_the_weights_finite(tmp_path: Any) -> None:
 
 def test_activation_hooks_through_the_callback(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
-    from lightning_fit import fit_tiny
-
     from gradwatch import MemorySink
+    from lightning_fit import fit_tiny
 
     sink = MemorySink()
     trainer = fit_tiny(pl, tmp_path, steps=4, log_every_n_steps=2, name="tb", sinks=[sink], activations=True)

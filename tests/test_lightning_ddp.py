@@ -143,7 +143,8 @@ def test_two_process_ddp_rank_zero_writes_and_both_ranks_skip_the_nan_step(tmp_p
         assert result["global_step"] == STEPS
         assert result["changed"] == {str(s): s != NAN_STEP for s in range(STEPS)}  # both ranks skipped step 2
     assert r0["weights"] == r1["weights"]  # the replicas did not diverge
-    assert r0["sinks"] == 2 and r1["sinks"] == 0  # TensorBoard + spy on rank zero; nothing elsewhere
+    assert r0["sinks"] == 2  # TensorBoard + spy on rank zero
+    assert r1["sinks"] == 0  # nothing elsewhere
 
     assert not os.path.exists(os.path.join(out, "spy-rank1.jsonl"))
     with open(os.path.join(out, "spy-rank0.jsonl")) as f:

@@ -33,7 +33,7 @@ def _train(model, watcher, steps, *, bad_step, bad_layer=2, value=float("nan"), 
     return reports
 
 
-@pytest.mark.parametrize("value,word", [(float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "inf")])
+@pytest.mark.parametrize(("value", "word"), [(float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "inf")])
 def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, word):
     model = _mlp()
     with warnings.catch_warnings(record=True) as caught:
@@ -44,7 +44,8 @@ def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, wor
         bad = [s for s in r.symptoms if s.kind == "nonfinite"]
         if r.step == 3:
             assert [(s.layer, s.step) for s in bad] == [("2", 3)]
-            assert ("NaN" if word == "nan" else "Inf") in bad[0].message and "'2'" in bad[0].message
+            assert ("NaN" if word == "nan" else "Inf") in bad[0].message
+            assert "'2'" in bad[0].message
             assert r.layers["2"].nonfinite == word
             assert r.layers["0"].nonfinite is None
         elif r.step < 3:
@@ -56,9 +57,9 @@ def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, wor
 def test_nan_in_non_logging_step_is_still_detected_and_logged_at_its_step():
     model = _mlp()
     sink = MemorySink()
-    with pytest.warns(gradwatch.GradWatchWarning, match="step 7"):
-        with gradwatch.watch(model, every_n_steps=5, sinks=[sink]) as watcher:
-            _train(model, watcher, 9, bad_step=7, bad_layer=4)
+    with pytest.warns(gradwatch.GradWatchWarning, match="step 7"), \
+            gradwatch.watch(model, every_n_steps=5, sinks=[sink]) as watcher:
+        _train(model, watcher, 9, bad_step=7, bad_layer=4)
     # step 7's NaN went through optimizer.step() (on_nonfinite="warn"), so step 8 is NaN everywhere
     assert [(s.kind, s.layer, s.step) for s in sink.alerts if s.step == 7] == [("nonfinite", "4", 7)]
     assert {s.layer for s in sink.alerts if s.step == 8} == {"0", "2", "4"}
@@ -71,12 +72,14 @@ def test_raise_flushes_the_event_file_before_raising(tmp_path):
     watcher = gradwatch.watch(model, log_dir=tmp_path, on_nonfinite="raise", every_n_steps=10)
     with pytest.raises(gradwatch.NonFiniteGradientError, match=r"step 4.*2 \(nan\)") as info:
         _train(model, watcher, 6, bad_step=4)
-    assert info.value.step == 4 and info.value.layers == {"2": "nan"}
+    assert info.value.step == 4
+    assert info.value.layers == {"2": "nan"}
     # Read the event file while the watcher is still open: the step must already be on disk.
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert "gradwatch/grad_norm/2" in tags and "gradwatch/symptoms/nonfinite" in tags
+    assert "gradwatch/grad_norm/2" in tags
+    assert "gradwatch/symptoms/nonfinite" in tags
     assert [e.step for e in acc.Scalars("gradwatch/grad_norm/2")] == [0, 4]
     assert math.isnan(acc.Scalars("gradwatch/grad_norm/2")[-1].value)
     assert acc.Scalars("gradwatch/symptoms/nonfinite")[-1].value == 1.0
@@ -92,24 +95,26 @@ def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step():
     class Spy(MemorySink):
         pass
 
-    with pytest.warns(gradwatch.GradWatchWarning, match="skipped"):
-        with gradwatch.watch(model, on_nonfinite="skip") as watcher:
-            for step in range(5):
-                opt.zero_grad()
-                model(torch.randn(8, 4)).pow(2).mean().backward()
-                if step == 2:
-                    model[2].weight.grad[1, 1] = float("nan")
-                before = copy.deepcopy(model.state_dict())
-                r = watcher.step()
-                opt.step()
-                snapshots[step] = (before, copy.deepcopy(model.state_dict()), r.skipped)
+    # one block for the whole session: a loop of 5 steps, one of which warns
+    with pytest.warns(gradwatch.GradWatchWarning, match="skipped"), \
+            gradwatch.watch(model, on_nonfinite="skip") as watcher:  # noqa: PT031
+        for step in range(5):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            if step == 2:
+                model[2].weight.grad[1, 1] = float("nan")
+            before = copy.deepcopy(model.state_dict())
+            r = watcher.step()
+            opt.step()
+            snapshots[step] = (before, copy.deepcopy(model.state_dict()), r.skipped)
     before, after, skipped = snapshots[2]
     assert skipped
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters()) is False  # later steps had grads again
     for step in (1, 3):
         before, after, skipped = snapshots[step]
-        assert not skipped and not all(torch.equal(before[k], after[k]) for k in before)
+        assert not skipped
+        assert not all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import struct
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +18,10 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import gradwatch
-from gradwatch.cli import main
 from gradwatch._report import diagnose, flow_data, format_text, load_run, parse_alerts
 from gradwatch._sinks import alerts_markdown
 from gradwatch._symptoms import Symptom
+from gradwatch.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::gradwatch.GradWatchWarning")
 
@@ -59,13 +60,16 @@ def test_demo_report_names_the_vanishing_layers_of_the_plain_network_only(demo_d
     plain, residual = runs["plain"], runs["residual"]
     # the vanishing layers are exactly those the watcher alerted on, in depth order, the input side first
     alerted = {a.layer for a in load_run("plain", str(demo_dir / "plain")).alerts if a.kind == "vanishing"}
-    assert plain["starved_layers"] and set(plain["starved_layers"]) == alerted
+    assert plain["starved_layers"]
+    assert set(plain["starved_layers"]) == alerted
     assert plain["starved_layers"][:2] == ["input", "hidden.0"]
     assert plain["symptoms"]["vanishing"]["steps"] > 0
     assert "Likely cause" in plain["advice"]["vanishing"]
-    assert residual["starved_layers"] == [] and residual["layers"] == []
+    assert residual["starved_layers"] == []
+    assert residual["layers"] == []
     assert all(v["steps"] == 0 for v in residual["symptoms"].values())
-    assert plain["logged_steps"] == 12 and plain["steps"] == [0, 119]
+    assert plain["logged_steps"] == 12
+    assert plain["steps"] == [0, 119]
     # a layer starved since step N is alerted after the patience; the report starts it at N, not at the alert
     alert_step = {a.layer: a.step for a in load_run("plain", str(demo_dir / "plain")).alerts if a.kind == "vanishing"}
     for e in (e for e in plain["layers"] if e["kind"] == "vanishing"):
@@ -75,17 +79,22 @@ def test_demo_report_names_the_vanishing_layers_of_the_plain_network_only(demo_d
     assert main(["report", str(demo_dir)]) == 0
     out = capsys.readouterr().out
     text_plain, text_residual = out.split("run residual")
-    assert "vanishing" in text_plain and "hidden.0" in text_plain and "starved layers" in text_plain
-    assert "no symptoms" in text_residual and "hidden.0" not in text_residual
+    assert "vanishing" in text_plain
+    assert "hidden.0" in text_plain
+    assert "starved layers" in text_plain
+    assert "no symptoms" in text_residual
+    assert "hidden.0" not in text_residual
     # --run selects one run
     code, one = _json(capsys, ["report", str(demo_dir), "--run", "residual", "--json"])
-    assert code == 0 and [r["name"] for r in one["runs"]] == ["residual"]
+    assert code == 0
+    assert [r["name"] for r in one["runs"]] == ["residual"]
 
 
 def test_injected_nan_fails_the_ci_exit_status(tmp_path, capsys):
     _nan_run(tmp_path)
     code, data = _json(capsys, ["report", str(tmp_path), "--json", "--fail-on", "nonfinite"])
-    assert code == 1 and data["failed"] == [".: nonfinite"]
+    assert code == 1
+    assert data["failed"] == [".: nonfinite"]
     (run,) = data["runs"]
     (entry,) = [e for e in run["layers"] if e["kind"] == "nonfinite"]
     assert (entry["layer"], entry["first_step"], entry["last_step"], entry["severity"]) == ("2", 3, 3, "error")
@@ -99,7 +108,7 @@ def test_injected_nan_fails_the_ci_exit_status(tmp_path, capsys):
 
 
 def _record_ends(path):
-    ends, offset, data = [], 0, open(path, "rb").read()
+    ends, offset, data = [], 0, Path(path).read_bytes()
     while offset < len(data):
         (length,) = struct.unpack("<Q", data[offset:offset + 8])
         offset += 12 + length + 4
@@ -136,7 +145,8 @@ def test_empty_and_foreign_log_directories(tmp_path, capsys):
     writer.close()
     assert main(["report", str(tmp_path)]) == 2
     captured = capsys.readouterr()
-    assert "no gradwatch tags" in captured.err and "no gradwatch tags" in captured.out
+    assert "no gradwatch tags" in captured.err
+    assert "no gradwatch tags" in captured.out
     assert main(["report", str(tmp_path), "--run", "nope"]) == 2
     assert "runs found: other" in capsys.readouterr().err
 
@@ -148,10 +158,13 @@ def test_plot_draws_the_flow_from_event_files(demo_dir, tmp_path, capsys):
     assert "step 100" in capsys.readouterr().out
     run = load_run("plain", str(demo_dir / "plain"))
     data = flow_data(run, step=105)
-    assert data["step"] == 100 and data["names"][0] == "input" and data["names"][-1] == "out"
+    assert data["step"] == 100
+    assert data["names"][0] == "input"
+    assert data["names"][-1] == "out"
     norm = run.scalars["gradwatch/grad_norm/hidden.0"][100]
     numel = {layer.name: layer.numel for layer in run.layers}["hidden.0"]
-    assert numel == 20 and data["rms"][1] == pytest.approx(norm / math.sqrt(20))
+    assert numel == 20
+    assert data["rms"][1] == pytest.approx(norm / math.sqrt(20))
     assert data["flagged"].get("input") == "vanishing"
     assert main(["plot", str(demo_dir), "-o", str(out)]) == 2  # two runs: which one?
     assert "--run" in capsys.readouterr().err
@@ -169,7 +182,9 @@ def test_plain_text_fallback_without_rich(demo_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "rich", None)
     assert main(["report", str(demo_dir), "--run", "plain"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("run plain") and "vanishing  input" in out and "\u2503" not in out
+    assert out.startswith("run plain")
+    assert "vanishing  input" in out
+    assert "\u2503" not in out
     text = format_text([diagnose(load_run("plain", str(demo_dir / "plain")))])
     assert text.splitlines()[0].startswith("run plain (steps 0-119")
 
@@ -180,7 +195,8 @@ def test_help_has_examples(capsys):
             main([command, "--help"])
         assert e.value.code == 0
         out = capsys.readouterr().out
-        assert "examples:" in out and f"gradwatch {command} " in out
+        assert "examples:" in out
+        assert f"gradwatch {command} " in out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "report" in capsys.readouterr().out
@@ -194,5 +210,6 @@ def test_lightning_logs_are_reported(tmp_path, capsys):
     code, data = _json(capsys, ["report", str(tmp_path), "--json"])
     assert code == 0
     (run,) = [r for r in data["runs"] if r["gradwatch"]]
-    assert run["name"] == "tb/version_0" and run["logged_steps"] == 3
+    assert run["name"] == "tb/version_0"
+    assert run["logged_steps"] == 3
     assert os.path.isdir(run["path"])

@@ -37,7 +37,8 @@ def test_vanishing_needs_patience_and_names_the_starved_layers():
     assert [len(s) for s, _ in out] == [0, 0, 1, 1, 1]
     symptom = out[2][0][0]
     assert (symptom.kind, symptom.layer, symptom.step, symptom.since) == ("vanishing", "l0", 2, 0)
-    assert symptom.value == pytest.approx(1e-6) and symptom.threshold == pytest.approx(3e-4 * 1.0)
+    assert symptom.value == pytest.approx(1e-6)
+    assert symptom.threshold == pytest.approx(3e-4 * 1.0)
     assert [len(o) for _, o in out] == [0, 0, 1, 0, 0]  # one onset, then it just holds
 
 
@@ -95,7 +96,8 @@ def test_a_clipper_set_above_the_ceiling_still_fires_on_the_clipped_norm_naming_
     flagged = [s for s in out[0][0] if s.kind == "exploding"]
     assert [(s.layer, s.value) for s in flagged] == [(None, 200.0), ("l2", 300.0), ("l3", 400.0)]
     assert "200 after clipping (before: 500)" in flagged[0].message
-    assert "lower clipping threshold" in flagged[0].message and "before clipping" in flagged[1].message
+    assert "lower clipping threshold" in flagged[0].message
+    assert "before clipping" in flagged[1].message
 
 
 def test_the_jump_baseline_follows_the_clipped_norm():
@@ -113,7 +115,8 @@ def test_a_step_the_clipper_bounded_is_no_jump_and_leaves_the_baseline_alone():
     held = {"norms": [1.58e6] * 4, "clipped": 1.0}  # raw 3.16e6, clipped to 1.0: 63x the baseline, but bounded
     out = _run([calm] * 10 + [held] * 3 + [{"norms": [0.5] * 4}], th)  # then 1.0 unclipped: 62x of 0.016
     assert [i for i, (s, _) in enumerate(out) if s] == [13]  # the baseline stayed at 0.016 through the held steps
-    assert "after clipping" not in out[13][0][0].message and "Sudden jump" in out[13][0][0].message
+    assert "after clipping" not in out[13][0][0].message
+    assert "Sudden jump" in out[13][0][0].message
 
 
 def test_no_jump_from_a_baseline_of_exactly_zero():
@@ -129,7 +132,9 @@ def test_jump_after_warmup_against_the_running_baseline():
     flagged = [i for i, (s, _) in enumerate(out) if any(x.kind == "exploding" for x in s)]
     assert flagged == [8]
     s = out[8][0][0]
-    assert s.layer is None and s.severity == "warning" and s.threshold == pytest.approx(50 * 2.0)
+    assert s.layer is None
+    assert s.severity == "warning"
+    assert s.threshold == pytest.approx(50 * 2.0)
     assert "Sudden jump" in s.message
 
 
@@ -150,7 +155,8 @@ def test_nonfinite_one_symptom_per_layer_saying_nan_or_inf():
     out = _run([{"norms": [1.0, math.nan, math.inf, 1.0], "nonfinite": (0, 1, 2, 0)}], Thresholds())
     got = [(s.kind, s.layer, s.message.split(" ")[0]) for s in out[0][0]]
     assert got == [("nonfinite", "l1", "NaN"), ("nonfinite", "l2", "Inf")]
-    assert math.isnan(out[0][0][0].value) and out[0][0][1].value == math.inf
+    assert math.isnan(out[0][0][0].value)
+    assert out[0][0][1].value == math.inf
 
 
 def test_rule_state_round_trips():
@@ -163,4 +169,5 @@ def test_rule_state_round_trips():
     assert clone.state_dict() == state.state_dict()
     a, _ = evaluate(_stats(4, [1e-5, 1, 1, 1]), th, state, ModelTraits())
     b, _ = evaluate(_stats(4, [1e-5, 1, 1, 1]), th, clone, ModelTraits())
-    assert a == b and a
+    assert a == b
+    assert a

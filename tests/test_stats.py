@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from conftest import reference_layer_stats, rel_close
 from torch import nn
 
 import gradwatch
+from conftest import reference_layer_stats, rel_close
 from gradwatch._layers import ROOT_LAYER
 
 
@@ -50,7 +50,7 @@ def test_layer_norms_and_maxima_match_float64_reference_on_random_gradients():
             assert rel_close(stats.grad_max, mx, 1e-6), name
             assert stats.nonfinite is None
         expected_numel = {layer: sum(p.numel() for p in ps.params) for layer, ps in
-                          zip(watcher.layer_names, watcher._layers)}
+                          zip(watcher.layer_names, watcher._layers, strict=True)}
         assert {k: v.numel for k, v in report.layers.items()} == expected_numel
 
 
@@ -68,7 +68,8 @@ def test_hand_set_gradients_give_known_norms():
     assert r.layers["1"].grad_max == 4.0
     assert r.global_norm == pytest.approx(math.sqrt(54 + 25), rel=1e-6)
     assert r.clipped_norm == r.global_norm
-    assert r.layers["1"].param_norm == pytest.approx(float(torch.cat([p.detach().flatten() for p in model[1].parameters()]).norm()), rel=1e-6)
+    param_norm = float(torch.cat([p.detach().flatten() for p in model[1].parameters()]).norm())
+    assert r.layers["1"].param_norm == pytest.approx(param_norm, rel=1e-6)
 
 
 def test_global_norm_equals_get_total_norm():
@@ -88,7 +89,8 @@ def test_none_gradients_are_reported_as_no_gradient_never_vanishing():
             model.zero_grad(set_to_none=True)
             model(torch.randn(4, 2)).sum().backward()
             r = watcher.step()
-            assert r.layers["1"].grad_norm is None and r.layers["1"].grad_max is None
+            assert r.layers["1"].grad_norm is None
+            assert r.layers["1"].grad_max is None
             assert not r.layers["1"].has_grad
             assert r.layers["0"].has_grad
             assert not any(s.layer == "1" for s in r.symptoms)
@@ -190,5 +192,5 @@ def test_gradients_that_require_grad_after_create_graph_are_measured_and_left_un
     with gradwatch.watch(model, clip=1e9) as watcher:
         report = watcher.step()
         assert report.global_norm == pytest.approx(expected, rel=1e-6)
-    assert all(torch.equal(p.grad.detach(), b) for p, b in zip(model.parameters(), before))
+    assert all(torch.equal(p.grad.detach(), b) for p, b in zip(model.parameters(), before, strict=True))
     assert model.weight.grad.requires_grad  # still the user's graph-carrying gradient

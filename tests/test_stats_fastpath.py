@@ -18,7 +18,8 @@ def test_a_single_small_float64_gradient_is_measured_and_left_untouched():
     with gradwatch.watch(model) as watcher:
         report = watcher.step()
     (stats,) = report.layers.values()
-    assert stats.grad_norm == 5.0 and stats.grad_max == 4.0
+    assert stats.grad_norm == 5.0
+    assert stats.grad_max == 4.0
     assert model.weight.grad.tolist() == [[-3.0, 4.0, 0.0]]  # the max |g| must not take abs() in place
 
 
@@ -64,11 +65,12 @@ def test_nan_in_a_small_tensor_and_inf_in_another_layer():
         p.grad = torch.zeros_like(p)
     model[0].bias.grad[1] = float("nan")
     model[1].weight.grad[0, 0] = float("inf")
-    with pytest.warns(gradwatch.GradWatchWarning):
-        with gradwatch.watch(model) as watcher:
-            report = watcher.step()
-    assert report.layers["0"].nonfinite == "nan" and report.layers["1"].nonfinite == "inf"
-    assert math.isnan(report.layers["0"].grad_max) and report.layers["1"].grad_max == math.inf
+    with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model) as watcher:
+        report = watcher.step()
+    assert report.layers["0"].nonfinite == "nan"
+    assert report.layers["1"].nonfinite == "inf"
+    assert math.isnan(report.layers["0"].grad_max)
+    assert report.layers["1"].grad_max == math.inf
 
 
 class _Mixed(nn.Module):
@@ -86,7 +88,8 @@ class _Mixed(nn.Module):
 
 
 def _reference(module: nn.Module) -> tuple[float, float]:
-    grads = [p.grad.to_dense().double() if p.grad.is_sparse else p.grad.double() for p in module.parameters(recurse=False)]
+    grads = [p.grad.to_dense().double() if p.grad.is_sparse else p.grad.double()
+             for p in module.parameters(recurse=False)]
     return math.sqrt(sum(g.pow(2).sum().item() for g in grads)), max(g.abs().max().item() for g in grads)
 
 
@@ -133,7 +136,8 @@ def test_cpu_max_abs_mixes_tiny_fused_and_aminmax_tensors_in_order_with_nan_empt
     nan_big[-1] = float("nan")
     empty = torch.zeros(0)
     out = foreach_maxabs([big, tiny, nan_big, empty, torch.tensor([[3.0]])], torch.device("cpu"))
-    assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0] and math.isnan(out[2].item())
+    assert out[[0, 1, 3, 4]].tolist() == [9.5, 7.0, 0.0, 3.0]
+    assert math.isnan(out[2].item())
     sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (5,), check_invariants=True)
     assert foreach_maxabs([tiny, sparse, big], torch.device("cpu")).tolist() == [7.0, 4.0, 9.5]
 
@@ -148,16 +152,22 @@ def test_cpu_norm_and_max_run_back_to_back_per_tensor_with_nan_inf_negative_and_
     inf = torch.ones(CPU_TINY * 2)
     inf[0] = -float("inf")
     norms, maxabs = norms_maxabs([a, nan, inf], torch.float32, torch.device("cpu"))
-    assert norms[0].item() == 5.0 and maxabs[0].item() == 4.0
-    assert math.isnan(norms[1].item()) and math.isnan(maxabs[1].item())
-    assert norms[2].item() == math.inf and maxabs[2].item() == math.inf
+    assert norms[0].item() == 5.0
+    assert maxabs[0].item() == 4.0
+    assert math.isnan(norms[1].item())
+    assert math.isnan(maxabs[1].item())
+    assert norms[2].item() == math.inf
+    assert maxabs[2].item() == math.inf
     half = torch.full((CPU_TINY * 4,), 0.5, dtype=torch.bfloat16)  # norm 0.5 * 64 = 32: accumulated in float32
     norms, maxabs = norms_maxabs([half], torch.bfloat16, torch.device("cpu"))
-    assert norms.dtype == torch.float32 and norms.item() == 32.0 and maxabs.item() == 0.5
+    assert norms.dtype == torch.float32
+    assert norms.item() == 32.0
+    assert maxabs.item() == 0.5
     # a tiny or a sparse tensor among them: the two fused calls, same answers
     sparse = torch.sparse_coo_tensor([[0, 3]], [2.0, -4.0], (CPU_TINY * 2,), check_invariants=True)
     norms, maxabs = norms_maxabs([a, torch.tensor([-6.0, 8.0]), sparse], torch.float32, torch.device("cpu"))
-    assert norms.tolist() == pytest.approx([5.0, 10.0, math.sqrt(20.0)]) and maxabs.tolist() == [4.0, 8.0, 4.0]
+    assert norms.tolist() == pytest.approx([5.0, 10.0, math.sqrt(20.0)])
+    assert maxabs.tolist() == [4.0, 8.0, 4.0]
 
 
 def test_a_parameter_without_entries_among_the_small_ones_is_measured_and_its_neighbours_too():
@@ -183,8 +193,10 @@ def test_huge_float64_gradients_overflow_the_sum_of_squares_silently_and_read_as
         with gradwatch.watch(model) as watcher:
             report = watcher.step()
     (stats,) = report.layers.values()
-    assert stats.grad_norm == math.inf and stats.grad_max == 1e200
-    assert stats.nonfinite is None and not [s for s in report.symptoms if s.kind == "nonfinite"]  # huge, finite
+    assert stats.grad_norm == math.inf
+    assert stats.grad_max == 1e200
+    assert stats.nonfinite is None
+    assert not [s for s in report.symptoms if s.kind == "nonfinite"]  # huge, finite
     assert model.weight.grad.tolist() == [[1e200, -1e200]]
 
 
@@ -194,7 +206,8 @@ def test_a_lone_float64_gradient_beside_a_missing_one_is_left_untouched():
     model.weight.grad = torch.tensor([[-3.0, 4.0, 0.0]], dtype=torch.float64)
     with gradwatch.watch(model) as watcher:
         (stats,) = watcher.step().layers.values()
-    assert stats.grad_norm == 5.0 and stats.grad_max == 4.0
+    assert stats.grad_norm == 5.0
+    assert stats.grad_max == 4.0
     assert model.weight.grad.tolist() == [[-3.0, 4.0, 0.0]]  # abs_ and square_ work on gradwatch's own copy
 
 
@@ -224,7 +237,8 @@ def test_a_layer_cast_to_float64_after_watch_keeps_its_range():
             p.grad = torch.zeros_like(p)
         model[1].weight.grad[0, 0] = 1e40  # finite in float64, Inf in float32
         report = watcher.step()
-    assert report.layers["1"].grad_norm == pytest.approx(1e40) and report.layers["1"].nonfinite is None
+    assert report.layers["1"].grad_norm == pytest.approx(1e40)
+    assert report.layers["1"].nonfinite is None
     assert [s.kind for s in report.symptoms] == ["exploding", "exploding"]
 
 

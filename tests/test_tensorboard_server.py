@@ -114,12 +114,14 @@ def test_runs_and_the_custom_scalars_layout(server):
     (category,) = [c for c in layout["category"] if c["title"] == "gradwatch"]
     titles = [c["title"] for c in category["chart"]]
     assert titles[:4] == ["global gradient norm before and after clipping, with the clip threshold",
-                          "gradient norm by layer", "max |grad| by layer", "symptoms by kind (layers affected per step)"]
+                          "gradient norm by layer", "max |grad| by layer",
+                          "symptoms by kind (layers affected per step)"]
     # a chart's regex, asked of TensorBoard, returns every layer's series with data (the callback's run too)
     by_layer = next(c for c in category["chart"] if c["title"] == "gradient norm by layer")["multiline"]["tag"][0]
     for run, layers in ((WATCH_RUN, ["0", "2"]), (LIGHTNING_RUN, ["net.0", "net.2"])):
         got = _json(base, "/data/plugin/custom_scalars/scalars", run=run, tag=by_layer)
-        assert got["regex_valid"] and set(got["tag_to_events"]) == {f"gradwatch/grad_norm/{n}" for n in layers}
+        assert got["regex_valid"]
+        assert set(got["tag_to_events"]) == {f"gradwatch/grad_norm/{n}" for n in layers}
         assert all(len(events) == STEPS for events in got["tag_to_events"].values())
 
 
@@ -146,10 +148,11 @@ def test_histograms(server):
     assert "gradwatch/grad_hist/net.0" in tags[LIGHTNING_RUN]
     events = _json(base, "/data/plugin/histograms/histograms", run=WATCH_RUN, tag="gradwatch/grad_hist/0")
     assert [e[1] for e in events] == [0, 2, 4]
-    for (_, step, buckets), (sink_step, hist) in zip(events, sink.histograms["gradwatch/grad_hist/0"]):
+    for (_, step, buckets), (sink_step, hist) in zip(events, sink.histograms["gradwatch/grad_hist/0"], strict=True):
         assert step == sink_step
         assert sum(b[2] for b in buckets) == pytest.approx(3 * 8 + 8)  # every gradient entry of layer 0
-        assert buckets[0][0] == pytest.approx(hist.min) and buckets[-1][1] == pytest.approx(hist.max)
+        assert buckets[0][0] == pytest.approx(hist.min)
+        assert buckets[-1][1] == pytest.approx(hist.max)
 
 
 def test_flow_figure_images(server):

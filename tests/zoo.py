@@ -19,7 +19,7 @@ Only depends on torch. Everything runs on CPU in a few seconds.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -29,21 +29,21 @@ LossFn = Callable[[nn.Module, int], torch.Tensor]
 Factory = Callable[..., "tuple[nn.Module, LossFn]"]
 
 __all__ = [
-    "make_cnn_bn",
-    "make_residual_mlp",
-    "make_lstm",
-    "make_transformer",
-    "make_sigmoid_xor",
-    "make_residual_xor",
-    "make_exploding_rnn",
+    "ALL",
+    "CONTROLS",
+    "DEFAULT_OPT",
+    "EXPECTED",
     "HEALTHY",
     "PATHOLOGICAL",
-    "CONTROLS",
-    "ALL",
-    "EXPECTED",
-    "DEFAULT_OPT",
     "XOR_STEPS",
     "make",
+    "make_cnn_bn",
+    "make_exploding_rnn",
+    "make_lstm",
+    "make_residual_mlp",
+    "make_residual_xor",
+    "make_sigmoid_xor",
+    "make_transformer",
     "train",
 ]
 
@@ -312,7 +312,7 @@ CONTROLS: dict[str, Factory] = {
 ALL: dict[str, Factory] = {**HEALTHY, **PATHOLOGICAL, **CONTROLS}
 
 # name -> the rule expected to fire (None: should stay silent).
-EXPECTED: dict[str, Optional[str]] = {
+EXPECTED: dict[str, str | None] = {
     **{name: None for name in HEALTHY},
     **{name: None for name in CONTROLS},
     "sigmoid_xor": "vanishing",
@@ -346,7 +346,7 @@ def train(
     steps: int,
     lr: float,
     optimizer: str = "sgd",
-    on_grads: Optional[Callable[[int, nn.Module], None]] = None,
+    on_grads: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
     """Plain training loop. ``on_grads(step, model)`` is called after
     ``backward()`` and before ``optimizer.step()``. Returns per-step losses."""
