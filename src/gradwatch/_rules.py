@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 
 from ._advice import ModelTraits, Remedy
+from ._divergence import DivergenceState, divergence_symptoms
+from ._roles import Chains
 from ._spikes import SpikeState, spike_symptoms
 from ._symptoms import Symptom
 from ._thresholds import Thresholds
+from ._vanishing import VanishingState, vanishing_symptoms
+from ._weights import WeightState, weight_symptoms
 
 __all__ = ["HostStats", "RuleState", "evaluate"]
 
@@ -51,38 +55,48 @@ class RuleState:
     """What the rules remember between steps; plain Python and numpy, so it checkpoints as is."""
 
     n_layers: int
-    vanish_count: np.ndarray = field(init=False)
-    vanish_since: np.ndarray = field(init=False)
+    #: The layers' kinds (module class names), which let a lone input or output layer join its stack's chain.
+    kinds: Sequence[str] | None = None
+    vanishing: VanishingState = field(init=False)
+    chains: Chains | None = field(default=None, init=False)  # built from the names at the first step
     baseline: float | None = None
     observed: int = 0
     jump_streak: int = 0
     active: dict[tuple[str, str | None], int] = field(default_factory=dict)
     spike: SpikeState = field(default_factory=SpikeState)
+    divergence: DivergenceState = field(default_factory=DivergenceState)
+    weights: WeightState = field(default_factory=WeightState)
 
     def __post_init__(self) -> None:
-        self.vanish_count = np.zeros(self.n_layers, dtype=np.int64)
-        self.vanish_since = np.full(self.n_layers, -1, dtype=np.int64)
+        self.vanishing = VanishingState(self.n_layers)
+
+    def chains_of(self, names: Sequence[str]) -> Chains:
+        if self.chains is None:
+            self.chains = Chains.of(names, self.kinds)
+        return self.chains
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "vanish_count": self.vanish_count.tolist(),
-            "vanish_since": self.vanish_since.tolist(),
+            **self.vanishing.state_dict(),
             "baseline": self.baseline,
             "observed": self.observed,
             "jump_streak": self.jump_streak,
             "active": [[k, layer, since] for (k, layer), since in self.active.items()],
             "spike": self.spike.state_dict(),
+            "divergence": self.divergence.state_dict(),
+            "weights": self.weights.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.vanish_count = np.asarray(state["vanish_count"], dtype=np.int64)
-        self.vanish_since = np.asarray(state["vanish_since"], dtype=np.int64)
+        self.vanishing.load_state_dict(state)
         self.baseline = state["baseline"]
         self.observed = int(state["observed"])
         self.jump_streak = int(state["jump_streak"])
         self.active = {(k, layer): int(since) for k, layer, since in state["active"]}
         if "spike" in state:  # absent from checkpoints written before the spike rule existed
             self.spike.load_state_dict(state["spike"])
+        self.divergence.load_state_dict(state.get("divergence", {}))  # absent from older checkpoints
+        self.weights.load_state_dict(state.get("weights", {}))
 
 
 def evaluate(
@@ -90,8 +104,11 @@ def evaluate(
 ) -> tuple[list[Symptom], list[Symptom]]:
     """Apply every rule to one step. Returns ``(symptoms, onsets)``: all symptoms holding at this step, and those of
     them that start a new episode (the ones worth an alert)."""
-    symptoms = nonfinite_symptoms(stats, traits) + vanishing_symptoms(stats, th, state, traits)
+    symptoms = nonfinite_symptoms(stats, traits)
+    symptoms += vanishing_symptoms(stats, th, state.vanishing, state.chains_of(stats.names), traits)
     symptoms += exploding_symptoms(stats, th, state, traits)
+    symptoms += weight_symptoms(stats, th, state.weights, traits, state.active)
+    symptoms += divergence_symptoms(stats.step, stats.extras.get("gradwatch/loss"), th, state.divergence, traits)
     spikes = spike_symptoms(stats.step, stats.global_norm, stats.extras.get("gradwatch/loss"), th, state.spike)
     symptoms += [replace(s, since=state.active.get((s.kind, s.layer), s.step)) for s in spikes]
     now = {(s.kind, s.layer): (s.since if s.since is not None else s.step) for s in symptoms}
@@ -112,65 +129,6 @@ def nonfinite_symptoms(stats: HostStats, traits: ModelTraits) -> list[Symptom]:
             cause=remedy.cause, advice=remedy.advice,
         ))
     return out
-
-
-def vanishing_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
-    rms = stats.rms()
-    usable = np.isfinite(rms)
-    if not usable.any():
-        state.vanish_count[:] = 0
-        state.vanish_since[:] = -1
-        return []
-    strongest_i = int(np.argmax(np.where(usable, rms, -np.inf)))  # no NaN left: argmax, 5x cheaper than nanargmax
-    strongest = float(rms[strongest_i])
-    # The relative floor compares with the strongest layer; when that layer is exploding the comparison says nothing
-    # about the others, so only the absolute floor applies then.
-    relative = th.vanishing_ratio * strongest if stats.global_norm <= th.exploding_norm else 0.0
-    floor = max(th.vanishing_rms, relative)
-    starved = usable & (rms < floor)
-    if not starved.any():  # the common step: no layer starved, nothing to count
-        state.vanish_count.fill(0)
-        state.vanish_since.fill(-1)
-        return []
-    state.vanish_count = np.where(starved, state.vanish_count + 1, 0)
-    state.vanish_since = np.where(starved, np.where(state.vanish_since < 0, stats.step, state.vanish_since), -1)
-    firing = np.flatnonzero(state.vanish_count >= th.vanishing_patience)
-    if firing.size == 0:
-        return []
-    profile = _depth_profile(stats.names, rms, firing, strongest_i)
-    remedy = traits.vanishing_remedy()
-    strongest_name = stats.names[strongest_i]
-    out = []
-    for i in firing:
-        name, value = stats.names[int(i)], float(rms[i])
-        ratio = value / strongest if strongest > 0 else 0.0
-        since = int(state.vanish_since[i])
-        absolute = value < th.vanishing_rms
-        threshold = th.vanishing_rms if absolute else th.vanishing_ratio * strongest
-        out.append(Symptom.described(
-            "vanishing", name, stats.step, value, float(threshold), "warning", since=since,
-            evidence=(f"Vanishing gradients at layer '{name}' since step {since}: RMS {value:.2e} is {ratio:.1e}x the "
-                      f"strongest layer ('{strongest_name}', {strongest:.2e})."),
-            detail=profile, cause=remedy.cause, advice=remedy.advice,
-        ))
-    return out
-
-
-def _depth_profile(names: Sequence[str], rms: np.ndarray, firing: np.ndarray, strongest_i: int) -> str:
-    n = len(names)
-    first, last = names[int(firing[0])], names[int(firing[-1])]
-    weakest_i = int(firing[np.argmin(rms[firing])])
-    if firing.size == n:
-        where = f"all {n} layers starved: the whole network has stalled"
-    else:
-        side = "input" if firing.mean() < (n - 1) / 2 else "output"
-        span = f"'{first}'" if firing.size == 1 else f"'{first}' to '{last}'"
-        where = f"{firing.size} of {n} layers starved ({span}, on the {side} side, in registration order)"
-    if rms[weakest_i] > 0:
-        fall = f"the gradient RMS falls {rms[strongest_i] / rms[weakest_i]:.1e}x"
-    else:
-        fall = "the gradient RMS falls to exactly zero"
-    return f"Depth profile: {where}; {fall} from '{names[strongest_i]}' to '{names[weakest_i]}'."
 
 
 def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, traits: ModelTraits) -> list[Symptom]:
