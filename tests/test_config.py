@@ -35,7 +35,8 @@ def test_the_callback_takes_the_config_options_minus_the_trainers_own():
     lightning = pytest.importorskip("gradwatch.lightning")
     callback = _defaults(lightning.GradWatchCallback)
     shared = set(callback) - CALLBACK_OWN
-    assert shared == set(watch_options()) - {"log_dir", "writer", "distributed"}
+    # the Trainer supplies the writer (its loggers), the process group and the optimizers
+    assert shared == set(watch_options()) - {"log_dir", "writer", "distributed", "optimizer"}
     watch_defaults = _defaults(gradwatch.watch)
     assert {k: callback[k] for k in shared - {"every_n_steps", "on_nonfinite"}} == \
         {k: watch_defaults[k] for k in shared - {"every_n_steps", "on_nonfinite"}}
@@ -95,6 +96,9 @@ def test_the_lightning_table_lists_every_option_of_the_callback_with_its_default
     ("distributed", "on", "distributed='on'"),
     ("log_dir", 5, "log_dir=5"),
     ("writer", object(), "must be a SummaryWriter"),
+    ("optimizer", 3, "optimizer=3"),
+    ("optimizer", [], "optimizer=[]"),
+    ("optimizer", ["adam"], "'adam' (str) is not a torch.optim.Optimizer"),
 ])
 def test_every_bad_option_is_refused_by_the_config_naming_it(option, value, fragment):
     with pytest.raises(ConfigurationError, match=re.escape(fragment)):

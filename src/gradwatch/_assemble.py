@@ -8,9 +8,11 @@ that could be invalid was checked by the config, or is checked here before any s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
+from torch.optim import Optimizer
 
 from ._actions import AmpState
 from ._advice import ModelTraits
@@ -25,6 +27,7 @@ from ._measure import Measure
 from ._replaced import ReplacedCheck
 from ._sinks import Sink, TensorBoardSink
 from ._stats import StatsEngine
+from ._updates import UpdateTracker, check_optimizers
 
 __all__ = ["Stages", "assemble"]
 
@@ -42,10 +45,14 @@ class Stages:
     fanout: Fanout
     replaced: ReplacedCheck
     amp: AmpState
+    updates: UpdateTracker | None = None  # None without an optimizer (or with sharded parameters)
+    cleanups: list[Any] = field(default_factory=list)  # what the watcher removes on close (the optimizer hooks)
 
 
 def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     layers = discover_layers(model, c.layers)
+    optimizers: tuple[Optimizer, ...] = c.optimizer or ()  # type: ignore[assignment]  # a tuple once validated
+    check_optimizers(layers, optimizers)  # before any side effect, as the layers globs
     # Several processes (gradwatch._distributed): statistics reduced across ranks, rank zero writes alone.
     dist = detect(model, layers) if c.distributed == "auto" else None
     if dist is not None:
@@ -55,8 +62,10 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     probe = ActivationProbe(model, activations=c.activations, nan_origin=c.origin,
                             every_n_steps=c.every_n_steps if c.activation_every_n_steps is None
                             else c.activation_every_n_steps, thresholds=c.rules)
+    track = _tracks_updates(optimizers, dist)
+    later = _update_tags(layers, track)  # written from the second step on: the dashboard knows them first
     dashboard = DashboardLogger(layers, histogram_every_n_steps=c.histogram_every_n_steps, histograms=c.histograms,
-                                figure_every_n_steps=c.figure_every_n_steps)
+                                figure_every_n_steps=c.figure_every_n_steps, later_tags=later)
     outputs = [*sinks, *c.sinks] if writes else []
     if writes and (c.log_dir is not None or c.writer is not None):
         outputs.insert(0, TensorBoardSink(log_dir=c.log_dir, writer=c.writer))
@@ -64,11 +73,33 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     engine = StatsEngine(layers, dist=dist)
     traits = ModelTraits.of(unwrap_model(model), depth=len(layers))
     amp = AmpState(patience=c.amp_overflow_patience)
+    updates = _tracker(layers, optimizers, track)  # hooks on the optimizers: attached last
     return Stages(
         layers=layers, dist=dist, probe=hooks, engine=engine,
-        measure=Measure(layers, engine, c.clipper, dashboard, hooks),
+        measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates),
         evaluate=Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp),
         fanout=Fanout(outputs, dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike, speaks=writes),
         # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
         replaced=ReplacedCheck(layers, active=dist is None or dist.kinds == ("replicated",)), amp=amp,
+        updates=updates, cleanups=_removable(updates),
     )
+
+
+def _tracks_updates(optimizers: Sequence[Optimizer], dist: DistributedContext | None) -> bool:
+    """Whether the update ratios are measured. Replicated parameters (one process, DDP) step alike on every rank:
+    each measures its own updates. Sharded ones (FSDP, tensor parallel) hold a piece per rank, whose update norms
+    would need a reduction: not measured."""
+    return bool(optimizers) and (dist is None or set(dist.kinds) <= {"ddp", "replicated"})
+
+
+def _tracker(layers: Sequence[Layer], optimizers: Sequence[Optimizer], track: bool) -> UpdateTracker | None:
+    return UpdateTracker(layers, optimizers) if track else None
+
+
+def _update_tags(layers: Sequence[Layer], track: bool) -> list[str]:
+    return [f"gradwatch/update_ratio/{layer.name}" for layer in layers] if track else []
+
+
+def _removable(*parts: Any) -> list[Any]:
+    """The stages that attach something the watcher removes on close."""
+    return [p for p in parts if p is not None]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from torch.optim import Optimizer
+
 from ._errors import ConfigurationError
 from ._flowplot import MissingExtraError, require_matplotlib
 from ._hooks.probe import NanOrigin, resolve_nan_origin
@@ -36,8 +38,10 @@ class WatchConfig:
 
     The fields are :func:`gradwatch.watch`'s keyword arguments, with the same defaults and meanings (see there).
     Values are normalised: ``clip`` holds a clipper (or ``None``), ``thresholds`` a :class:`~gradwatch.Thresholds`,
-    ``layers``, ``sinks``, ``histograms`` and a list of ``activations`` globs tuples, and ``nan_origin`` its resolved
-    choice. :meth:`replace` makes a validated copy with some options changed.
+    ``layers``, ``sinks``, ``histograms`` and a list of ``activations`` globs tuples, ``nan_origin`` its resolved
+    choice, and ``optimizer`` a tuple of ``torch.optim.Optimizer`` (wrappers with an ``.optimizer``, such as
+    Lightning's ``LightningOptimizer``, unwrapped) or ``None``. :meth:`replace` makes a validated copy with some
+    options changed.
 
     Raises:
         ConfigurationError: for any invalid option, naming the value and the valid choices.
@@ -72,11 +76,13 @@ class WatchConfig:
     activation_every_n_steps: int | None = None
     nan_origin: NanOrigin | None = None
     distributed: DistributedMode = "auto"
+    optimizer: Optimizer | Sequence[Optimizer] | None = field(default=None, repr=False)
     #: Not an option of ``watch()``: set by adapters that know better (the Lightning callback's own option).
     amp_overflow_patience: int = field(default=20, repr=False)
 
     def __post_init__(self) -> None:
-        for check in (_check_output, _check_actions, _check_layers_and_sinks, _check_dashboard, _check_hooks):
+        for check in (_check_output, _check_actions, _check_layers_and_sinks, _check_dashboard, _check_hooks,
+                      _check_optimizer):
             for name, value in check(self).items():
                 object.__setattr__(self, name, value)
 
@@ -180,3 +186,28 @@ def _check_hooks(c: WatchConfig) -> dict[str, Any]:
         "activation_every_n_steps": _optional_every("activation_every_n_steps", c.activation_every_n_steps),
         "nan_origin": resolve_nan_origin(c.nan_origin, activations),
     }
+
+
+def _unwrap_optimizer(value: Any) -> Any:
+    """A wrapper's optimizer (Lightning's ``LightningOptimizer`` holds it as ``.optimizer``), else ``value``."""
+    inner = getattr(value, "optimizer", None)
+    return inner if isinstance(inner, Optimizer) else value
+
+
+def _check_optimizer(c: WatchConfig) -> dict[str, Any]:
+    given = c.optimizer
+    if given is None:
+        return {}
+    listed = [given] if isinstance(_unwrap_optimizer(given), Optimizer) else given
+    if isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence) or not listed:
+        raise ConfigurationError(f"optimizer={given!r:.200} is not valid; pass a torch.optim.Optimizer, a non-empty "
+                                 "sequence of them, or None.")
+    optimizers = tuple(_unwrap_optimizer(o) for o in listed)
+    for o in optimizers:
+        if not isinstance(o, Optimizer):
+            raise ConfigurationError(f"optimizer: {o!r:.200} ({type(o).__name__}) is not a torch.optim.Optimizer; "
+                                     "pass an Optimizer, a sequence of them, or None.")
+    if len({id(o) for o in optimizers}) != len(optimizers):
+        raise ConfigurationError(f"optimizer: the same optimizer is given more than once ({len(optimizers)} given); "
+                                 "pass each once.")
+    return {"optimizer": optimizers}

@@ -64,7 +64,8 @@ class LayerInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a sink learns once per run: the layers in depth order, and the scalar tags of the first logging step."""
+    """What a sink learns once per run: the layers in depth order, and the scalar tags of the first logging step
+    (with those the run writes from a later step on: the update ratios, which need an optimizer step first)."""
 
     layers: tuple[LayerInfo, ...]
     tags: tuple[str, ...]
@@ -77,6 +78,9 @@ _OPTIONAL_CHARTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("clipping: scale applied (1 = not clipped) and fraction of units clipped",
      (r"gradwatch/clip/coef$", r"gradwatch/clip/active_frac$"), "gradwatch/clip/"),
     ("parameter norm by layer", (r"gradwatch/param_norm/",), "gradwatch/param_norm/"),
+    # Ratios span decades (healthy around 1e-3): read it with the chart's log-scale y axis.
+    ("update-to-weight ratio by layer (||dw|| / ||w|| of the last optimizer step; log scale)",
+     (r"gradwatch/update_ratio/",), "gradwatch/update_ratio/"),
     ("activation mean by module", (r"gradwatch/act_mean/",), "gradwatch/act_mean/"),
     ("activation std by module", (r"gradwatch/act_std/",), "gradwatch/act_std/"),
     ("fraction of zero activations by module (dead ReLUs)", (r"gradwatch/act_zero_frac/",), "gradwatch/act_zero_frac/"),
@@ -93,7 +97,7 @@ def build_layout(tags: Sequence[str] = ()) -> Any:
 
     Always: the global gradient norm before and after clipping (and the clip threshold, when one is logged), every
     layer's gradient norm on one chart, every layer's max |grad|, and the symptom counts by kind. Then the loss,
-    clipping, parameter-norm, activation and AMP charts whose tags are present.
+    clipping, parameter-norm, update-ratio, activation and AMP charts whose tags are present.
 
     Examples:
         >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
@@ -170,6 +174,8 @@ class DashboardLogger:
         histograms: what to histogram on those steps: ``"grad"`` and/or ``"param"``.
         figure_every_n_steps: draw the gradient-flow figure on these steps; ``None`` (default) for never.
         bins: bins per histogram.
+        later_tags: scalar tags the run writes from a later step on (the update ratios): the dashboard has their
+            charts from the start.
 
     Raises:
         ConfigurationError: for an invalid value, or a figure asked for without matplotlib installed.
@@ -190,6 +196,7 @@ class DashboardLogger:
         histograms: Sequence[HistogramOf] = ("grad",),
         figure_every_n_steps: int | None = None,
         bins: int = DEFAULT_BINS,
+        later_tags: Sequence[str] = (),
     ) -> None:
         self.histogram_every_n_steps = _optional_every("histogram_every_n_steps", histogram_every_n_steps)
         self.figure_every_n_steps = _optional_every("figure_every_n_steps", figure_every_n_steps)
@@ -207,7 +214,12 @@ class DashboardLogger:
                 raise ConfigurationError(f"figure_every_n_steps={figure_every_n_steps!r}: {exc} "
                                          "(or leave figure_every_n_steps=None).") from None
         self.layers = tuple(LayerInfo(layer.name, layer.kind, layer.numel) for layer in layers)
+        self.later_tags = tuple(later_tags)
         self._info_sent = False
+
+    def _run_tags(self, scalars: Mapping[str, float]) -> tuple[str, ...]:
+        """The first logging step's tags, then those written later."""
+        return tuple(scalars) + tuple(t for t in self.later_tags if t not in scalars)
 
     def histogram_step(self, step: int) -> bool:
         return self.histogram_every_n_steps is not None and step % self.histogram_every_n_steps == 0
@@ -249,7 +261,7 @@ class DashboardLogger:
         """
         if not self._info_sent and "gradwatch/global/grad_norm" in scalars:
             self._info_sent = True
-            info = RunInfo(self.layers, tuple(scalars))
+            info = RunInfo(self.layers, self._run_tags(scalars))
             for sink in _with(sinks, "write_run_info"):
                 call(sink, "write_run_info", step, info)
         if tail is not None:

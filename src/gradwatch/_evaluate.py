@@ -48,6 +48,7 @@ def host_stats(r: Record, names: Sequence[str], parts: dict[str, np.ndarray]) ->
         nonfinite=host_nonfinite_codes(sumsq, maxabs), has_grad=np.asarray(r.has_grad, dtype=bool),
         numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(parts["global_norm"][0]),
         clipped_norm=float(parts["clipped_norm"][0]), param_norm=parts.get("param_norm") if r.logged else None,
+        update_ratio=parts.get("update_ratio"),  # None without an optimizer; NaN for a layer it did not update
     )
     stats.extras = r.extra_values
     return stats

@@ -24,6 +24,7 @@ SLICES: tuple[str, ...] = (
     "clipped_norm",  # 1: global L2 norm after clipping
     "extras",        # one per extra tag of the step (clipper values, the AMP scale, the loss), in the record's order
     "param_norm",    # per layer, on logged steps: parameter L2 norm
+    "update_ratio",  # per layer, with an optimizer attached: ||dw|| / ||w|| of the last optimizer step
     "histograms",    # per-layer histograms (gradwatch._histograms layout), on histogram steps
     "probe",         # the activation probe's values (gradwatch._hooks), on sampled steps
 )

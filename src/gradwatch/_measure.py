@@ -2,7 +2,8 @@
 
 Nothing here waits for the device. :meth:`Measure.start` reduces the gradients (:mod:`gradwatch._stats`);
 :meth:`Measure.finish` clips them (unless the step is dropped), gathers the extra values (what the clipper did, the
-AMP scale, the loss), the parameter norms of a logged step, the histograms and the activation probe's values, and
+AMP scale, the loss), the parameter norms of a logged step, the update-to-weight ratios of the last optimizer step
+(:mod:`gradwatch._updates`, with ``watch(optimizer=...)``), the histograms and the activation probe's values, and
 packs them as :class:`~gradwatch._layout.Layout` says.
 """
 
@@ -20,6 +21,7 @@ from ._layers import Layer
 from ._layout import Layout
 from ._stats import DeviceStats, StatsEngine
 from ._step import Record
+from ._updates import UpdateTracker
 from .clipping import Clipper
 
 __all__ = ["Measure", "Measured"]
@@ -53,12 +55,13 @@ class Measure:
     """The device side of :meth:`gradwatch.Watcher.step`."""
 
     def __init__(self, layers: Sequence[Layer], engine: StatsEngine, clipper: Clipper | None,
-                 dashboard: DashboardLogger, probe: Any) -> None:
+                 dashboard: DashboardLogger, probe: Any, updates: UpdateTracker | None = None) -> None:
         self.layers = layers
         self.engine = engine
         self.clipper = clipper
         self.dashboard = dashboard
         self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
+        self.updates = updates  # the optimizers' update tracker, or None
 
     def start(self, step: int, logged: bool) -> Measured:
         """This step's per-layer statistics, on the device."""
@@ -84,6 +87,8 @@ class Measure:
             parts["extras"] = torch.cat(extras)
         if record.logged:
             parts["param_norm"] = dev.param_norm if dev.param_norm is not None else self.engine.param_norms()
+        if self.updates is not None:  # every step: the optimizer steps since the previous call (L values, no wait)
+            parts["update_ratio"] = self.updates.collect(m.home, m.dtype)
         if tail is not None:  # histograms (before clipping) travel with the step's statistics: still one transfer
             parts["histograms"] = tail
         if self.probe is not None:  # the hooks' values travel in the same vector

@@ -150,8 +150,16 @@ def _layer_stats(stats: HostStats) -> dict[str, LayerStats]:
             param_norm=float(stats.param_norm[i]) if stats.param_norm is not None else None,
             nonfinite=codes[int(stats.nonfinite[i])] if has else None,  # type: ignore[arg-type]
             numel=int(stats.numel[i]),
+            update_ratio=_ratio(stats.update_ratio, i),
         )
     return out
+
+
+def _ratio(ratios: np.ndarray | None, i: int) -> float | None:
+    """Layer ``i``'s update ratio, ``None`` when there is none (no optimizer, or NaN: not updated)."""
+    if ratios is None or math.isnan(ratios[i]):
+        return None
+    return float(ratios[i])
 
 
 def amp_event(r: Record) -> Symptom:
@@ -173,7 +181,7 @@ def amp_persistent(s: Symptom, r: Record) -> Symptom:
 
 
 def step_scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, float]:
-    """The per-layer and global scalars of a logged step.
+    """The per-layer and global scalars of a logged step (and the update ratios, with an optimizer attached).
 
     ``tags``: the per-layer tags (``grad_norm``, ``grad_max``, ``param_norm`` of each layer in turn), made once by
     :func:`layer_tags`; with them, a step where every layer has a gradient builds its dict without a Python loop.
@@ -192,6 +200,9 @@ def step_scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, f
                 out[f"gradwatch/param_norm/{name}"] = float(stats.param_norm[i])
     out["gradwatch/global/grad_norm"] = stats.global_norm
     out["gradwatch/global/grad_norm_clipped"] = stats.clipped_norm
+    if stats.update_ratio is not None:  # with an optimizer: the layers its last step updated (NaN: not written)
+        for k in np.flatnonzero(~np.isnan(stats.update_ratio)).tolist():
+            out[f"gradwatch/update_ratio/{stats.names[k]}"] = float(stats.update_ratio[k])
     return out
 
 

@@ -24,6 +24,10 @@ class LayerStats:
         param_norm: L2 norm of the layer's parameters; computed on logging steps only, ``None`` on the others.
         nonfinite: ``"nan"`` if a gradient holds a NaN, else ``"inf"`` if one holds an Inf, else ``None``.
         numel: number of gradient entries that contributed (parameters with a gradient this step).
+        update_ratio: ``||Δw|| / ||w||`` of the layer's last optimizer step before this one, over the parameters that
+            step updated (``watch(optimizer=...)``); ``0.0`` when no optimizer step happened since the previous
+            ``watcher.step()`` (a loss scaler skipped it); ``None`` without an optimizer, before its first step, and
+            for a layer it does not hold or did not update.
 
     Examples:
         >>> LayerStats(grad_norm=2.0, grad_max=1.0, param_norm=None, nonfinite=None, numel=4).grad_rms
@@ -35,6 +39,7 @@ class LayerStats:
     param_norm: float | None
     nonfinite: Literal["nan", "inf"] | None
     numel: int
+    update_ratio: float | None = None
 
     @property
     def has_grad(self) -> bool:

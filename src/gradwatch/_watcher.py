@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from ._actions import agreed_spike, drop_for_nonfinite, drop_gradients, nonfinite_error, tally_clip
 from ._assemble import assemble
@@ -83,7 +84,7 @@ class Watcher:
         self.clip_tally: ClipTally | None = ClipTally() if c.clipper is not None else None
         self._step = 0
         self._closed = False
-        self._cleanups: list[Any] = []  # handles (hooks) to remove on close
+        self._cleanups: list[Any] = list(s.cleanups)  # handles (hooks) to remove on close
         if self._probe is not None:
             self.add_cleanup(self._probe)
             self._probe.prepare(self._step)
@@ -306,6 +307,7 @@ def watch(
     activation_every_n_steps: int | None = None,
     nan_origin: NanOrigin | None = None,
     distributed: DistributedMode = "auto",
+    optimizer: Optimizer | Sequence[Optimizer] | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -345,6 +347,11 @@ def watch(
             across ranks (one collective per step), decisions agree, and only global rank zero writes; creating the
             watcher is then collective (every rank must call ``watch``). ``"off"``: this process's gradients alone, as
             in a single process (for a model watched on one rank only; wrong numbers for sharded gradients).
+        optimizer: a ``torch.optim.Optimizer`` (or a sequence of them) stepping the model: each watched layer's
+            update-to-weight ratio ``||Δw|| / ||w||`` of the last optimizer step (``LayerStats.update_ratio``,
+            ``gradwatch/update_ratio/<layer>``), measured through the optimizer's step hooks. Exact and without a
+            copy of the parameters for SGD, Adam and AdamW; any other optimizer costs a copy of its parameters
+            during its step. Default ``None``: no ratio.
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.

@@ -1,6 +1,7 @@
 """``GradWatchCallback``: gradwatch's engine inside any PyTorch Lightning ``Trainer``.
 
-The callback is a thin adapter over :class:`gradwatch.Watcher`: it creates the watcher in ``setup``, calls
+The callback is a thin adapter over :class:`gradwatch.Watcher`: it creates the watcher in ``on_fit_start`` (with the
+Trainer's optimizers, for the per-layer update-to-weight ratios), calls
 ``watcher.step()`` in ``on_before_optimizer_step`` (gradients unscaled, accumulated and all-reduced, not yet clipped),
 and maps Lightning's loggers, AMP scaler, ranks and checkpoints onto the watcher. It works with Trainers from both
 ``lightning.pytorch`` and ``pytorch_lightning``: it subclasses the ``Callback`` of each namespace that imports.
@@ -23,6 +24,7 @@ from typing_extensions import override  # a dependency of both Lightning package
 from ._config import HistogramOf, NonFiniteAction, SpikeAction, WatchConfig
 from ._errors import ConfigurationError, GradWatchWarning
 from ._hooks.probe import NanOrigin
+from ._layers import discover_layers
 from ._lightning.compat import callback_bases, grad_scaler
 from ._lightning.sinks import LoggerSink, sinks_for_loggers
 from ._sinks import Sink
@@ -195,10 +197,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         if message is not None:
             raise ConfigurationError(message)
         self._close()
-        if trainer.world_size == 1 and any(True for _ in pl_module.parameters()):
-            self._build(trainer, pl_module)
-        # else: the layers are created in configure_model(), after setup, or the strategy wraps (DDP) or shards
-        # (FSDP, ModelParallel) the model after setup: the watcher is built in on_fit_start.
+        # The watcher is built in on_fit_start: the optimizers exist from then on (the strategy creates them after
+        # setup), the layers created in configure_model() too, and the strategy has wrapped (DDP) or sharded (FSDP,
+        # ModelParallel) the model.
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -212,7 +213,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         # Several processes: the strategy's wrapper (DDP, FSDP) tells gradwatch how the gradients are held; the layer
         # names are the LightningModule's either way (wrapper prefixes are dropped).
         model = trainer.strategy.model if trainer.world_size > 1 and trainer.strategy.model is not None else pl_module
-        config = self.config.replace(every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)))
+        config = self.config.replace(every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
+                                     optimizer=trainer_optimizers(trainer, model, self.config.layers))
         self.watcher = Watcher(model, config if self._rank_zero else config.replace(sinks=()), sinks=sinks)
         self._active = True
         if self._pending_state is not None:
@@ -294,6 +296,15 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
     def __repr__(self) -> str:
         return (f"GradWatchCallback(clip={self.clip!r}, on_nonfinite={self.on_nonfinite!r}, "
                 f"every_n_steps={self.every_n_steps!r})")
+
+
+def trainer_optimizers(trainer: Any, model: Any, layers: Any) -> list[Any] | None:
+    """The Trainer's optimizers that hold a watched parameter of ``model`` (the ``layers`` globs), whose updates the
+    watcher measures; ``None`` when there is none (no ``configure_optimizers``, or optimizers of other layers only)."""
+    own = {id(p) for layer in discover_layers(model, layers) for p in layer.params}
+    optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]  # LightningOptimizer wraps the optimizer
+    held = [o for o in optimizers if any(id(p) in own for g in o.param_groups for p in g["params"])]
+    return held or None
 
 
 def _any_rank(trainer: Any) -> Any:
