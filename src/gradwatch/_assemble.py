@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 
 from ._actions import AmpState
 from ._advice import ModelTraits
+from ._buffers import NormBuffers
 from ._config import WatchConfig
 from ._dashboard import DashboardLogger
 from ._distributed import DistributedContext, detect
@@ -46,6 +47,7 @@ class Stages:
     replaced: ReplacedCheck
     amp: AmpState
     updates: UpdateTracker | None = None  # None without an optimizer (or with sharded parameters)
+    buffers: NormBuffers | None = None  # kept for skipped steps (on_nonfinite or on_spike "skip"), else None
     cleanups: list[Any] = field(default_factory=list)  # what the watcher removes on close (the optimizer hooks)
 
 
@@ -71,18 +73,29 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
         outputs.insert(0, TensorBoardSink(log_dir=c.log_dir, writer=c.writer))
     hooks = probe if probe.enabled else None
     engine = StatsEngine(layers, dist=dist)
-    traits = ModelTraits.of(unwrap_model(model), depth=len(layers))
+    traits = ModelTraits.of(unwrap_model(model), depth=len(layers), optimizer=list(optimizers) or None,
+                            clips=c.clipper is not None)
     amp = AmpState(patience=c.amp_overflow_patience)
     updates = _tracker(layers, optimizers, track)  # hooks on the optimizers: attached last
     return Stages(
         layers=layers, dist=dist, probe=hooks, engine=engine,
         measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates),
-        evaluate=Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp),
+        evaluate=Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp,
+                           kinds=[layer.kind for layer in layers]),
         fanout=Fanout(outputs, dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike, speaks=writes),
         # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
         replaced=ReplacedCheck(layers, active=dist is None or dist.kinds == ("replicated",)), amp=amp,
-        updates=updates, cleanups=_removable(updates),
+        updates=updates, cleanups=_removable(updates), buffers=_norm_buffers(model, c),
     )
+
+
+def _norm_buffers(model: nn.Module, c: WatchConfig) -> NormBuffers | None:
+    """The normalisation layers' running statistics, kept when a step may be skipped (so that a skipped step leaves
+    the model exactly as before it); ``None`` otherwise or without such layers."""
+    if "skip" not in (c.on_nonfinite, c.on_spike):
+        return None
+    buffers = NormBuffers(model)
+    return buffers if buffers.enabled else None
 
 
 def _tracks_updates(optimizers: Sequence[Optimizer], dist: DistributedContext | None) -> bool:

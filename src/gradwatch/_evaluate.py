@@ -58,11 +58,11 @@ class Evaluator:
     """Rules over a step's host values; holds the rules' state across steps."""
 
     def __init__(self, names: Sequence[str], thresholds: Thresholds, traits: ModelTraits, probe: Any,
-                 amp: AmpState) -> None:
+                 amp: AmpState, kinds: Sequence[str] | None = None) -> None:
         self.names = list(names)
         self.thresholds = thresholds
         self.traits = traits
-        self.rules = RuleState(len(self.names))
+        self.rules = RuleState(len(self.names), kinds=kinds)  # kinds: a lone input layer joins its stack's chain
         self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
         self.amp = amp  # the loss scaler's overflow state: its patience decides what is persistent
 

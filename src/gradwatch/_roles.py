@@ -2,8 +2,9 @@
 
 A layer's *role* is its name with every number replaced by ``*``
 (``encoder.layer.3.attention.self.query`` → ``encoder.layer.*.attention.self.query``, ``conv2`` → ``conv*``).
-Layers of one role are *peers*; their registration order is their depth. Comparing a layer only with its peers is what keeps the vanishing
-rule silent on healthy transformers, whose query/key gradients are small next to the embeddings' by nature.
+Layers of one role are *peers*; their registration order is their depth. Comparing a layer only with its peers is
+what keeps the vanishing rule silent on healthy transformers, whose query/key gradients are small next to the
+embeddings' by nature.
 
 A plain stack (``input``, ``hidden.0`` … ``hidden.9``, ``out``) has layers of its own at both ends: a layer without
 peers joins the chain of the role next to it in registration order when it is the same kind of module (a ``Linear``

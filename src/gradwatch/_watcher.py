@@ -74,7 +74,7 @@ class Watcher:
         s = assemble(model, c, sinks)
         self._layers, self._dist, self._probe, self._engine = s.layers, s.dist, s.probe, s.engine
         self._measure, self._evaluate, self._fanout, self._replaced = s.measure, s.evaluate, s.fanout, s.replaced
-        self._amp = s.amp
+        self._amp, self._buffers = s.amp, s.buffers
         self.layer_names: list[str] = [layer.name for layer in self._layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
         self._transport = Transport(self._process)
@@ -174,6 +174,8 @@ class Watcher:
                 self._skip_step(record, "spike")
             else:
                 tally_clip(self.clip_tally, record)
+        if self._buffers is not None and not record.skipped:
+            self._buffers.save()  # a fused device copy: the state a later skipped step goes back to
         return StepReport(record, self._transport.resolve)
 
     def flush(self) -> None:
@@ -268,6 +270,8 @@ class Watcher:
     def _skip_step(self, record: Record, reason: str) -> None:
         model = self._model_ref()
         drop_gradients(model.parameters() if model is not None else self._engine.params)
+        if self._buffers is not None:  # BatchNorm's running statistics as before this step's forward pass
+            self._buffers.restore()
         record.skipped, record.skip_reason = True, reason
 
     def _process(self, r: Record) -> None:

@@ -80,10 +80,10 @@ def _exploding_updates(stats: Any, th: Thresholds, state: WeightState, traits: M
     top = int(np.nanargmax(np.where(np.isfinite(ratio), ratio, -np.inf)))
     why = (f"over the ceiling {th.update_ratio_ceiling:g}" if over
            else f"{median / float(baseline or 1.0):.0f}x its running baseline {float(baseline or 0.0):.2g}")
-    remedy = traits.exploding_remedy(clipping=False)
+    remedy = traits.exploding_remedy(clipping=False, updates=True)
+    threshold = th.update_ratio_ceiling if over else th.update_jump_factor * float(baseline or 0.0)
     return [Symptom.described(
-        "exploding", None, stats.step, median, th.update_ratio_ceiling if over else th.update_jump_factor * (baseline or 0),
-        "error", since=active.get(("exploding", None), stats.step),
+        "exploding", None, stats.step, median, threshold, "error", since=active.get(("exploding", None), stats.step),
         evidence=(f"Exploding updates at step {stats.step}: the optimizer's last step moved the weights by a median "
                   f"{median:.2g} of their norm over {finite.size} layers ({why}); largest at layer "
                   f"'{stats.names[top]}' ({float(ratio[top]):.2g})."),
