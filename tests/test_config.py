@@ -66,7 +66,8 @@ def test_the_quickstart_table_lists_every_option_of_watch_with_its_default():
         if name == "thresholds":
             assert stated == "Thresholds()"  # None means the defaults
         elif name == "layers":
-            assert stated == "all" and defaults[name] is None
+            assert stated == "all"
+            assert defaults[name] is None
         else:
             assert stated == repr(defaults[name]).replace("'", '"'), name
 
@@ -110,14 +111,19 @@ def test_a_bad_option_is_refused_before_the_model_is_touched(tmp_path):
     with pytest.raises(ConfigurationError):
         gradwatch.watch(model, log_dir=tmp_path / "run", activations=True, every_n_steps=0)
     assert not (tmp_path / "run").exists()
-    assert not model._forward_hooks and not model._forward_pre_hooks  # no hook attached
+    assert not model._forward_hooks
+    assert not model._forward_pre_hooks
 
 
 def test_values_are_normalised_and_replace_validates_again():
     config = WatchConfig(clip=2.0, layers=["a*", "b"], histograms="param", activations=["x*"])
-    assert isinstance(config.clipper, gradwatch.clipping.NormClip) and config.clipper.max_norm == 2.0
-    assert config.layers == ("a*", "b") and config.histograms == ("param",) and config.activations == ("x*",)
-    assert isinstance(config.thresholds, gradwatch.Thresholds) and config.nan_origin == "sampled"
+    assert isinstance(config.clipper, gradwatch.clipping.NormClip)
+    assert config.clipper.max_norm == 2.0
+    assert config.layers == ("a*", "b")
+    assert config.histograms == ("param",)
+    assert config.activations == ("x*",)
+    assert isinstance(config.thresholds, gradwatch.Thresholds)
+    assert config.nan_origin == "sampled"
     assert config.replace(every_n_steps=7).every_n_steps == 7
     with pytest.raises(ConfigurationError, match="every_n_steps=-1"):
         config.replace(every_n_steps=-1)
@@ -131,7 +137,8 @@ def test_a_watcher_runs_from_a_config_and_refuses_a_config_with_options():
     model(torch.ones(2, 3)).sum().backward()
     with gradwatch.Watcher(model, config) as watcher:
         report = watcher.step()
-        assert watcher.config is config and watcher.every_n_steps == 2
+        assert watcher.config is config
+        assert watcher.every_n_steps == 2
         assert report.clipped_norm == pytest.approx(0.5)
     with pytest.raises(ConfigurationError, match="not both"):
         gradwatch.Watcher(model, config, clip=1.0)

@@ -52,14 +52,10 @@ class Stages:
 
 
 def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
-    layers = discover_layers(model, c.layers)
+    layers = _checked_layers(model, c)
     optimizers: tuple[Optimizer, ...] = c.optimizer or ()  # type: ignore[assignment]  # a tuple once validated
     check_optimizers(layers, optimizers)  # before any side effect, as the layers globs
-    # Several processes (gradwatch._distributed): statistics reduced across ranks, rank zero writes alone.
-    dist = detect(model, layers) if c.distributed == "auto" else None
-    if dist is not None:
-        dist.check_config(clipper=c.clipper, histograms=c.histogram_every_n_steps is not None)
-        dist.agree_on_layers([layer.name for layer in layers])
+    dist = _distributed(model, layers, c)
     writes = dist is None or dist.rank == 0
     probe = ActivationProbe(model, activations=c.activations, nan_origin=c.origin,
                             every_n_steps=c.every_n_steps if c.activation_every_n_steps is None
@@ -68,9 +64,6 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     later = _update_tags(layers, track)  # written from the second step on: the dashboard knows them first
     dashboard = DashboardLogger(layers, histogram_every_n_steps=c.histogram_every_n_steps, histograms=c.histograms,
                                 figure_every_n_steps=c.figure_every_n_steps, later_tags=later)
-    outputs = [*sinks, *c.sinks] if writes else []
-    if writes and (c.log_dir is not None or c.writer is not None):
-        outputs.insert(0, TensorBoardSink(log_dir=c.log_dir, writer=c.writer))
     hooks = probe if probe.enabled else None
     engine = StatsEngine(layers, dist=dist)
     traits = ModelTraits.of(unwrap_model(model), depth=len(layers), optimizer=list(optimizers) or None,
@@ -82,11 +75,40 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
         measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates),
         evaluate=Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp,
                            kinds=[layer.kind for layer in layers]),
-        fanout=Fanout(outputs, dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike, speaks=writes),
+        fanout=Fanout(_outputs(c, sinks, writes), dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike,
+                      speaks=writes),
         # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
-        replaced=ReplacedCheck(layers, active=dist is None or dist.kinds == ("replicated",)), amp=amp,
+        replaced=ReplacedCheck(engine.layers, active=dist is None or dist.kinds == ("replicated",)), amp=amp,
         updates=updates, cleanups=_removable(updates), buffers=_norm_buffers(model, c),
     )
+
+
+def _checked_layers(model: nn.Module, c: WatchConfig) -> list[Layer]:
+    """The watched layers; the clipper's layer globs (``AGC(exclude=...)``) checked against them, before any side
+    effect."""
+    layers = discover_layers(model, c.layers)
+    if c.clipper is not None:
+        c.clipper.check_layers([layer.name for layer in layers])
+    return layers
+
+
+def _distributed(model: nn.Module, layers: list[Layer], c: WatchConfig) -> DistributedContext | None:
+    """Several processes (gradwatch._distributed): statistics reduced across ranks, rank zero writes alone."""
+    dist = detect(model, layers) if c.distributed == "auto" else None
+    if dist is not None:
+        dist.check_config(clipper=c.clipper, histograms=c.histogram_every_n_steps is not None)
+        dist.agree_on_layers([layer.name for layer in layers])
+    return dist
+
+
+def _outputs(c: WatchConfig, sinks: Sequence[Sink], writes: bool) -> list[Sink]:
+    """The adapter's sinks, the configured ones, and a TensorBoard sink for ``log_dir``/``writer`` (rank zero only)."""
+    if not writes:
+        return []
+    outputs = [*sinks, *c.sinks]
+    if c.log_dir is not None or c.writer is not None:
+        outputs.insert(0, TensorBoardSink(log_dir=c.log_dir, writer=c.writer))
+    return outputs
 
 
 def _norm_buffers(model: nn.Module, c: WatchConfig) -> NormBuffers | None:

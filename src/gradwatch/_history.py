@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import astuple, dataclass, fields
+from typing import Any
 
+from ._errors import ConfigurationError
 from ._symptoms import Symptom
 
 __all__ = ["ClipTally", "SymptomHistory", "SymptomSummary"]
@@ -65,12 +67,52 @@ class SymptomHistory:
     def __bool__(self) -> bool:
         return bool(self._by_key)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every summary as plain Python values (for checkpoints: ``torch.save`` and JSON alike), in the order first
+        seen.
+
+        Examples:
+            >>> h = SymptomHistory()
+            >>> h.extend([Symptom("spike", None, 7, 9.0, 3.0, "warning", "Spike.")])
+            >>> restored = SymptomHistory()
+            >>> restored.load_state_dict(h.state_dict())
+            >>> restored.summaries() == h.summaries()
+            True
+        """
+        return {"summaries": [list(astuple(e)) for e in self._by_key.values()]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, in place of what this history holds; symptoms seen from now on
+        add to the restored counts."""
+        rows = state.get("summaries") if isinstance(state, Mapping) else None
+        if not isinstance(rows, (list, tuple)):
+            raise ConfigurationError(f"SymptomHistory.load_state_dict expects {{'summaries': [...]}} as state_dict() "
+                                     f"returns, got {state!r:.120}.")
+        entries = [_summary(row) for row in rows]
+        self._by_key = {(e.kind, e.layer): e for e in entries}
+
     def format(self) -> str:
         if not self._by_key:
             return "gradwatch: no symptoms."
         lines = ["gradwatch: symptoms by kind and layer", f"{'kind':<10} {'layer':<30} {'count':>7}  steps"]
         lines += [str(e) for e in sorted(self._by_key.values(), key=lambda e: (e.kind, e.first_step))]
         return "\n".join(lines)
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(SymptomSummary))
+
+
+def _summary(row: Any) -> SymptomSummary:
+    """One :class:`SymptomSummary` from a row of :meth:`SymptomHistory.state_dict`, checked."""
+    if not isinstance(row, (list, tuple)) or len(row) != len(_SUMMARY_FIELDS):
+        raise ConfigurationError(f"SymptomHistory.load_state_dict: {row!r:.120} is not a summary "
+                                 f"({', '.join(_SUMMARY_FIELDS)}).")
+    kind, layer, count, first, last, message, first_message = row
+    if not (isinstance(kind, str) and (layer is None or isinstance(layer, str)) and isinstance(message, str)
+            and isinstance(first_message, str) and all(isinstance(n, int) for n in (count, first, last))):
+        raise ConfigurationError(f"SymptomHistory.load_state_dict: {row!r:.120} is not a summary "
+                                 f"({', '.join(_SUMMARY_FIELDS)}).")
+    return SymptomSummary(kind, layer, count, first, last, message, first_message)
 
 
 @dataclass
@@ -106,6 +148,10 @@ class ClipTally:
     def state_dict(self) -> dict[str, float]:
         return {"steps": self.steps, "active": self.active, "max_norm": self.max_norm, "max_step": self.max_step}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        keys = ("steps", "active", "max_norm", "max_step")
+        if not isinstance(state, Mapping) or any(k not in state for k in keys):
+            raise ConfigurationError(f"ClipTally.load_state_dict expects the keys {', '.join(keys)} (what state_dict() "
+                                     f"returns), got {state!r:.120}.")
         self.steps, self.active = int(state["steps"]), int(state["active"])
         self.max_norm, self.max_step = float(state["max_norm"]), int(state["max_step"])

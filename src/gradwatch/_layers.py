@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -11,7 +14,8 @@ from torch import nn
 from ._errors import ConfigurationError
 from ._globs import match_globs
 
-__all__ = ["ROOT_LAYER", "Layer", "discover_layers", "replaced_parameters", "unwrap_model"]
+__all__ = ["ROOT_LAYER", "Layer", "discover_layers", "follow_layers", "registrations", "replaced_parameters",
+           "unwrap_model"]
 
 #: Name of the layer formed by parameters that the root module owns directly
 #: (for example a positional-embedding ``nn.Parameter`` assigned in ``__init__``).
@@ -32,6 +36,10 @@ class Layer:
     params: tuple[nn.Parameter, ...]
     #: Where each parameter sits in the unwrapped model (``model.get_parameter(path)``), wrapper segments included.
     paths: tuple[str, ...] = ()
+    #: The module that owns the parameters (held weakly), and each parameter's name on it: how
+    #: :func:`follow_layers` finds a parameter assigned anew (``layer.weight = nn.Parameter(...)``).
+    owner: weakref.ref[nn.Module] | None = field(default=None, compare=False, repr=False)
+    attrs: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def numel(self) -> int:
@@ -96,9 +104,12 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
         ['0', '2']
     """
     model = unwrap_model(model)
+    _watch_registrations()
     layers = _all_layers(model)
     if not layers:
-        raise ConfigurationError(f"{type(model).__name__} has no parameters: there is nothing for gradwatch to watch.")
+        some = next(model.parameters(), None) is not None  # integer or bool ones only, which have no gradient
+        raise ConfigurationError(f"{type(model).__name__} has no {'floating-point ' if some else ''}parameters: there "
+                                 "is nothing for gradwatch to watch.")
     if patterns is None:
         return layers
     model_name = type(model).__name__.replace("{", "{{").replace("}", "}}")  # literal text in match_globs' template
@@ -112,23 +123,97 @@ def _all_layers(model: nn.Module) -> list[Layer]:
     seen: set[int] = set()
     layers: list[Layer] = []
     for path, module in model.named_modules():
-        own, paths = _own_parameters(path, module, seen)
+        own, attrs = _own_parameters(module, seen)
         if own:
-            layers.append(Layer(name=_layer_name(path), kind=_kind(module), params=tuple(own), paths=tuple(paths)))
+            layers.append(Layer(name=_layer_name(path), kind=_kind(module), params=tuple(own),
+                                paths=tuple(f"{path}.{a}" if path else a for a in attrs),
+                                owner=weakref.ref(module), attrs=tuple(attrs)))
     return layers
 
 
-def _own_parameters(path: str, module: nn.Module, seen: set[int]) -> tuple[list[nn.Parameter], list[str]]:
-    """The parameters ``module`` (at ``path``) registers itself that no module before it did (``seen``, updated),
-    and their paths."""
-    own, paths = [], []
+def _own_parameters(module: nn.Module, seen: set[int]) -> tuple[list[nn.Parameter], list[str]]:
+    """The floating-point parameters ``module`` registers itself that no module before it did (``seen``, updated),
+    and their names on it. An integer or bool parameter (a counter kept as ``nn.Parameter(..., requires_grad=False)``)
+    can have no gradient: it is left out."""
+    own, attrs = [], []
     for attr, p in module.named_parameters(recurse=False):
-        if id(p) in seen:
+        if id(p) in seen or not is_floating(p):
             continue
         seen.add(id(p))
         own.append(p)
-        paths.append(f"{path}.{attr}" if path else attr)
-    return own, paths
+        attrs.append(attr)
+    return own, attrs
+
+
+# ---------------------------------------------------------------------------------------------- following parameters
+#: How many parameters were registered on any module of this process (``module.weight = nn.Parameter(...)``,
+#: ``register_parameter``) since gradwatch first watched a model: a watcher compares it with the count it last saw,
+#: one integer comparison a step, and looks for replaced parameters only when it moved.
+_REGISTRATIONS = [0]
+_HOOK: list[object] = []
+
+
+def _count_registration(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+def _watch_registrations() -> None:
+    """Count parameter registrations from now on (one global torch hook, installed once, that adds 1 to an int)."""
+    if not _HOOK:
+        _HOOK.append(nn.modules.module.register_module_parameter_registration_hook(_count_registration))
+
+
+def registrations() -> int:
+    """How many parameters were registered on any module since gradwatch first watched a model (see
+    :func:`follow_layers`)."""
+    return _REGISTRATIONS[0]
+
+
+def follow_layers(layers: Sequence[Layer]) -> list[Layer] | None:
+    """``layers`` with the parameters their modules hold now under the same names, or ``None`` if none changed.
+
+    A parameter assigned anew on its module after :func:`discover_layers` (``model[0].weight = nn.Parameter(...)``)
+    takes the old one's place; a name that no longer holds a floating-point parameter keeps the old one (nothing can be
+    said of it), and a module that was collected keeps its layer as it was. A new parameter that an earlier layer
+    already holds (weights tied after ``watch()``) is left to that layer, as :func:`discover_layers` would.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> layers = discover_layers(model)
+        >>> follow_layers(layers) is None
+        True
+        >>> model[0].bias = nn.Parameter(torch.ones(2))
+        >>> followed = follow_layers(layers)
+        >>> followed[0].params[1] is model[0].bias, followed[0].paths
+        (True, ('0.weight', '0.bias'))
+    """
+    out: list[Layer] = []
+    seen: set[int] = set()
+    for layer in layers:
+        now = _current(layer)
+        keep = [i for i, p in enumerate(now) if id(p) not in seen]  # a parameter goes to its first layer only
+        seen.update(map(id, now))
+        if len(keep) == len(layer.params) and all(map(operator.is_, now, layer.params)):
+            out.append(layer)
+        else:
+            out.append(dataclasses.replace(layer, params=tuple(now[i] for i in keep),
+                                           paths=_pick(layer.paths, keep), attrs=_pick(layer.attrs, keep)))
+    return out if any(map(operator.is_not, out, layers)) else None
+
+
+def _pick(items: tuple[str, ...], keep: Sequence[int]) -> tuple[str, ...]:
+    """``items`` at the positions ``keep`` (a Layer made by hand may have no paths or attribute names)."""
+    return tuple(items[i] for i in keep if i < len(items))
+
+
+def _current(layer: Layer) -> tuple[nn.Parameter, ...]:
+    """The parameters ``layer``'s module holds now under its parameters' names (the old one where none is)."""
+    owner = layer.owner() if layer.owner is not None else None
+    if owner is None or len(layer.attrs) != len(layer.params):
+        return layer.params
+    held = owner._parameters
+    return tuple(p if isinstance(p, nn.Parameter) and is_floating(p) else old
+                 for p, old in zip((held.get(a) for a in layer.attrs), layer.params, strict=True))
 
 
 def _layer_name(path: str) -> str:

@@ -73,7 +73,7 @@ class Measure:
         dev = m.dev
         parts: dict[str, Tensor] = {"sumsq": dev.layer_sumsq, "max": dev.layer_max, "global_norm": dev.total_norm}
         extras: list[Tensor] = []
-        tail = self.dashboard.device_part(m.step, self.layers, m.home, m.dtype)  # histograms before clipping
+        tail = self.dashboard.device_part(m.step, self.engine.layers, m.home, m.dtype)  # histograms before clipping
         clipper = self.clipper if clip else None
         clipped = dev.total_norm if clipper is None else _clip(clipper, m, record, extras)
         parts["clipped_norm"] = clipped.reshape(1).to(m.dtype)

@@ -8,12 +8,14 @@ weight). Its tensors are reduced together: fused ``torch._foreach_norm`` calls (
 Sparse gradients (``nn.Embedding(sparse=True)``) have no fused norm and no flat copy: every function here recognises
 them up front (:func:`gradwatch._tensors.any_sparse`) and measures their coalesced values one by one.
 
-Nothing here reads a device value on the host.
+Nothing here reads a device value on the host. On the CPU, :func:`finite_norms` reads whether a norm overflowed
+(a CPU value: nothing to wait for) and measures such a tensor again, scaled by its largest entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = [
     "Present",
     "Run",
     "Segments",
+    "finite_norms",
     "foreach_maxabs",
     "foreach_norms",
     "group_buckets",
@@ -59,14 +62,59 @@ def _as_list(tensors: Sequence[Tensor]) -> list[Tensor]:
     return tensors if isinstance(tensors, list) else list(tensors)
 
 
-def _norm_dtype(dtype: torch.dtype) -> torch.dtype | None:
-    """The accumulation dtype of a norm: float32 for half types, the tensor's own otherwise."""
+def _norm_dtype(dtype: torch.dtype, device: torch.device | None = None) -> torch.dtype | None:
+    """The accumulation dtype of a norm: float32 for half types, the tensor's own otherwise; on CUDA, float64 for
+    float32 and bfloat16 (see :func:`foreach_norms`)."""
+    if device is not None and device.type == "cuda" and dtype in _WIDE_ON_CUDA:
+        return torch.float64
     return torch.float32 if dtype in LOW_PRECISION else None
+
+
+#: Gradient dtypes with float32's range, whose sums of squares overflow float32 from finite entries (|g| > 1.8e19 in
+#: one entry, less over many): on CUDA their fused norm accumulates in float64 instead (the fused kernel accumulates in
+#: the type it returns; it reads the same bytes, so it costs about the same).
+_WIDE_ON_CUDA = (torch.float32, torch.bfloat16)
+
+
+def finite_norms(tensors: Sequence[Tensor], norms: Tensor) -> Tensor:
+    """``norms`` (per tensor) with each one that overflowed to Inf from finite entries measured again, scaled by the
+    tensor's largest entry ``m``: ``m * ||t / m||`` in float64. The result is float64 when anything was measured again.
+
+    The CPU's norms accumulate in the gradients' own dtype, and a float32 sum of squares overflows for entries of
+    1e19 while the norm itself (1e21, say) is a float32 like any other: ``clip_grad_norm_`` then zeroes every
+    gradient. On the CPU, reading whether any norm is Inf waits for no device (CPU kernels have run when they return),
+    so the second measurement runs only for the tensors that need it. Elsewhere ``norms`` are returned as they are: on
+    CUDA the fused norm of float32 and bfloat16 tensors accumulates in float64 and cannot overflow.
+
+    Examples:
+        >>> big = torch.full((4, 1000), 1e19)
+        >>> plain = torch.linalg.vector_norm(big).reshape(1)
+        >>> plain, finite_norms([big], plain)
+        (tensor([inf]), tensor([6.3246e+20], dtype=torch.float64))
+    """
+    if norms.device.type != "cpu" or not bool(norms.isinf().any()):  # CPU values: a read, no device to wait for
+        return norms
+    out = norms.to(torch.float64)
+    for i in torch.nonzero(norms.isinf()).flatten().tolist():
+        out[i] = _scaled_norm(dense_values(tensors[i]), out[i])
+    return out
+
+
+def _scaled_norm(t: Tensor, plain: Tensor) -> Tensor:
+    """``t``'s L2 norm as ``m * ||t / m||`` (``m``: its largest magnitude), in float64; ``plain`` when an entry is not
+    finite (the norm is rightly Inf or NaN then)."""
+    wide = t.detach().to(torch.complex128 if t.is_complex() else torch.float64)
+    m = wide.abs().amax() if wide.numel() else wide.new_zeros((), dtype=torch.float64)
+    if not (math.isfinite(m) and m > 0):  # CPU values (see finite_norms)
+        return plain
+    norm: Tensor = m * torch.linalg.vector_norm(wide / m)
+    return norm
 
 
 # ---------------------------------------------------------------------------------------------- per-tensor reductions
 def foreach_norms(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """Per-tensor L2 norms in one fused call (float32 accumulation for half types).
+    """Per-tensor L2 norms in one fused call (float32 accumulation for half types), finite wherever the entries are
+    (see :func:`finite_norms`).
 
     Sparse gradients have no fused norm: with one among them, every tensor is measured on its own (a sparse one by its
     coalesced values).
@@ -79,9 +127,12 @@ def foreach_norms(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
 
 
 def _foreach_norms(grads: Sequence[Tensor], dtype: torch.dtype, *, sparse: bool) -> Tensor:
+    wide = _norm_dtype(dtype, grads[0].device if len(grads) else None)
     if sparse:
-        return torch.stack([torch.linalg.vector_norm(dense_values(g), dtype=_norm_dtype(dtype)) for g in grads])
-    return torch.stack(torch._foreach_norm(_as_list(grads), 2.0, dtype=_norm_dtype(dtype)))
+        norms = torch.stack([torch.linalg.vector_norm(dense_values(g), dtype=wide) for g in grads])
+    else:
+        norms = torch.stack(torch._foreach_norm(_as_list(grads), 2.0, dtype=wide))
+    return finite_norms(grads, norms)
 
 
 def foreach_maxabs(grads: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -164,7 +215,8 @@ def norms_maxabs(grads: Sequence[Tensor], dtype: torch.dtype, device: torch.devi
         lo, hi = torch.aminmax(g)
         lows.append(lo)
         highs.append(hi)
-    return torch.stack(norms), torch.maximum(torch.stack(highs), torch.stack(lows).neg())  # maximum propagates NaN
+    maxabs = torch.maximum(torch.stack(highs), torch.stack(lows).neg())  # maximum propagates NaN
+    return finite_norms(grads, torch.stack(norms)), maxabs
 
 
 # ---------------------------------------------------------------------------------------------- the flat CPU path

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._layers import Layer
+from ._layers import Layer, follow_layers, registrations
 from ._reductions import Bucket, LayerTotals, Present, foreach_norms, group_buckets, param_sumsq, reduce_tensors
 from ._tensors import accumulate_dtype
 
@@ -193,27 +193,36 @@ class StatsEngine:
     """Computes per-layer gradient statistics for a fixed list of layers.
 
     The grouping of parameters by (device, dtype) is computed once and re-checked cheaply each step (a model moved
-    with ``.to()`` after ``watch`` is regrouped).
+    with ``.to()`` after ``watch`` is regrouped). A parameter assigned anew on its module after ``watch``
+    (``model[0].weight = nn.Parameter(...)``) is followed: the engine looks for one only when a parameter was registered
+    somewhere since the last step (one integer comparison a step, see :func:`gradwatch._layers.follow_layers`).
     """
 
     def __init__(self, layers: Sequence[Layer], *, dist: StatsBackend | None = None) -> None:
         self._dist = dist  # several processes: gradwatch._distributed computes and reduces; None: this module alone
         self.layer_names = [layer.name for layer in layers]
         self._layers = list(layers)
-        self._numel = [[p.numel() for p in layer.params] for layer in layers]
+        self._registrations = registrations()
         self._buckets: list[Bucket] = []
         self._regroup()
 
     def close(self) -> None:
         """Drop every reference to the parameters."""
-        self._layers = []
+        self._layers.clear()  # in place: whoever holds :attr:`layers` lets go of them too
         self._buckets = []
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers as the engine measures them now: a parameter assigned anew after ``watch`` in its old one's
+        place. One list, updated in place, for the life of the engine."""
+        return self._layers
 
     @property
     def params(self) -> list[nn.Parameter]:
         return [p for b in self._buckets for p in b.params]
 
     def _regroup(self) -> None:
+        self._numel = [[p.numel() for p in layer.params] for layer in self._layers]
         self._buckets = group_buckets([layer.params for layer in self._layers])
         for b in self._buckets:
             if b.device.type == "cpu" and b.dtype.is_floating_point:
@@ -226,6 +235,14 @@ class StatsEngine:
     def _stale(self) -> bool:
         # One check per bucket, not per tensor: catches a model moved or cast as a whole after watch().
         return any(b.params[0].device != b.device or b.params[0].dtype != b.dtype for b in self._buckets)
+
+    def _follow(self) -> None:
+        """Take up the parameters the layers' modules hold now, if any was assigned anew (see the class)."""
+        self._registrations = registrations()
+        followed = follow_layers(self._layers)
+        if followed is not None:
+            self._layers[:] = followed  # in place: see layers
+            self._regroup()
 
     @property
     def home(self) -> torch.device:
@@ -240,6 +257,8 @@ class StatsEngine:
         """
         if self._dist is not None:
             return self._dist.compute(self.layer_names, with_params=with_params)
+        if self._registrations != registrations():  # an int comparison: a parameter was registered somewhere
+            self._follow()
         if self._stale():
             self._regroup()
         home = self._home

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +27,7 @@ def check_number(
     below: float | None = None,
     allow_inf: bool = False,
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ConfigurationError(f"{name}={value!r} must be a number (got {type(value).__name__}).")
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
@@ -50,9 +51,41 @@ def _check_bounds(name: str, value: Any, v: float, *, at_most: float | None, bel
         raise ConfigurationError(f"{name}={value!r} must be < {below}.")
 
 
-def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def check_int(name: str, value: Any, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` as a Python int: any integral number (``numpy.int64`` included), never a bool, in
+    ``[minimum, maximum]``."""
+    if not is_integral(value):
         raise ConfigurationError(f"{name}={value!r} must be an integer >= {minimum} (got {type(value).__name__}).")
-    if value < minimum:
+    v = int(value)
+    if v < minimum:
         raise ConfigurationError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return value
+    if maximum is not None and v > maximum:
+        raise ConfigurationError(f"{name}={value!r} must be an integer <= {maximum:,}.")
+    return v
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python's or numpy's ``float32``, ``float64``, ``int64``...), not a bool.
+
+    Examples:
+        >>> import numpy as np
+        >>> is_real(np.float32(1.0)), is_real(np.int64(3)), is_real(True), is_real(np.bool_(True)), is_real("1")
+        (True, True, False, False, False)
+    """
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def is_integral(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python's or numpy's ``int64``...), not a bool; a float is not, even ``2.0``.
+
+    Examples:
+        >>> import numpy as np
+        >>> is_integral(np.int64(10)), is_integral(10), is_integral(2.0), is_integral(np.bool_(False))
+        (True, True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+def _is_bool(value: Any) -> bool:
+    # numpy's bool_ is no numbers.Integral, but say it explicitly: a flag is never a count or a threshold.
+    return isinstance(value, bool) or type(value).__name__ == "bool_"

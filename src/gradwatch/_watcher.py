@@ -207,7 +207,8 @@ class Watcher:
         return {"version": 1, "step": self._step, "layers": list(self.layer_names),
                 "rules": self._evaluate.rules.state_dict(), "clipper": clipper.state_dict() if clipper else {},
                 **({"activations": probe.state_dict()} if probe is not None else {}), "amp": self._amp.state_dict(),
-                **({"clip_tally": tally.state_dict()} if tally is not None else {})}
+                **({"clip_tally": tally.state_dict()} if tally is not None else {}),
+                "history": self.history.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. The watched layers must be the same."""
@@ -217,6 +218,8 @@ class Watcher:
             raise ConfigurationError("The checkpoint's watched layers differ from this watcher's: "
                                      f"{list(state['layers'])[:5]}... vs {self.layer_names[:5]}...")
         self._transport.resolve_all()
+        if "history" in state:  # absent from older checkpoints; checked whole before anything changes
+            self.history.load_state_dict(state["history"])
         self._step = int(state["step"])
         self._evaluate.rules.load_state_dict(state["rules"])
         if self.clipper is not None:

@@ -10,7 +10,11 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["FAIL_ON_KINDS", "main"]
+
+#: What ``gradwatch report --fail-on`` takes: every symptom kind gradwatch writes, and ``any``.
+FAIL_ON_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike", "divergence", "saturated", "dead",
+                                  "any")
 
 DEMO_HELP = """\
 Run the seed experiment: XOR through 10 hidden sigmoid layers of width 4, trained with SGD, against the same
@@ -26,12 +30,20 @@ def _demo(args: argparse.Namespace) -> int:
     from ._demo import describe, run_xor
 
     root = os.fspath(args.log_dir)
+    problem = _unwritable_dir(root, ("plain", "residual"))
+    if problem is not None:
+        print(f"gradwatch demo: cannot write the logs under --log-dir {root!r}: {problem}", file=sys.stderr)
+        return 2
     print("gradwatch demo: XOR, 10 hidden sigmoid layers of width 4, plain SGD (lr 1.0) on the MSE loss,\n"
           f"without and with residual connections, {args.steps} steps each.\n")
     results = []
     for residual in (False, True):
         sub = os.path.join(root, "residual" if residual else "plain")
-        result = run_xor(residual=residual, steps=args.steps, seed=args.seed, log_dir=sub)
+        try:
+            result = run_xor(residual=residual, steps=args.steps, seed=args.seed, log_dir=sub)
+        except OSError as exc:  # the disk filled up, the directory went away or became read-only while it ran
+            print(f"gradwatch demo: cannot write the logs under {sub!r}: {_os_reason(exc)}", file=sys.stderr)
+            return 2
         results.append(result)
         print(describe(result))
         print()
@@ -69,6 +81,27 @@ examples:
 """
 
 
+def _unwritable_dir(root: str, subdirs: Sequence[str] = ()) -> str | None:
+    """Why the directory ``root`` (and its ``subdirs``) cannot be created or written to, or ``None`` when it can: they
+    are created now, so that a bad path fails before any work."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        return f"{root!r} is a file, not a directory"
+    try:
+        for path in [root, *(os.path.join(root, sub) for sub in subdirs)]:
+            os.makedirs(path, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                return f"{path!r} is not writable"
+    except OSError as exc:
+        return _os_reason(exc)
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError in one line: its message and the path it names (``[Errno 20] Not a directory: 'x'``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename!r}" if exc.filename is not None else reason
+
+
 def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
     from ._report import NoRunsError, find_runs
 
@@ -84,7 +117,7 @@ def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
 def _report(args: argparse.Namespace) -> int:
     from ._report import NoRunsError, should_fail
 
-    fail_on = [k.strip() for k in (args.fail_on or "").split(",") if k.strip()]
+    fail_on = list(args.fail_on)
     try:
         runs = _select_runs(args.logdir, args.run)
     except NoRunsError as exc:
@@ -132,6 +165,11 @@ def _plot(args: argparse.Namespace) -> int:
     from ._flowplot import MissingExtraError, flow_figure_png
     from ._report import NoRunsError, flow_data, load_run
 
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):  # before reading the run and drawing: a typo in -o fails at once
+        print(f"gradwatch plot: cannot write {args.output!r}: the directory {folder!r} does not exist.",
+              file=sys.stderr)
+        return 2
     try:
         runs = [load_run(name, path) for name, path in _select_runs(args.logdir, args.run)]
         ours = [r for r in runs if r.has_gradwatch]
@@ -147,8 +185,12 @@ def _plot(args: argparse.Namespace) -> int:
     except (NoRunsError, MissingExtraError) as exc:
         print(f"gradwatch plot: {exc}", file=sys.stderr)
         return 2
-    with open(args.output, "wb") as f:
-        f.write(png)
+    try:
+        with open(args.output, "wb") as f:
+            f.write(png)
+    except OSError as exc:
+        print(f"gradwatch plot: cannot write {args.output!r}: {_os_reason(exc)}", file=sys.stderr)
+        return 2
     flagged = ", ".join(f"{k} ({v})" for k, v in data["flagged"].items()) or "none"
     print(f"gradwatch plot: wrote {args.output} (run {ours[0].name}, step {data['step']}, "
           f"{len(data['names'])} layers; flagged: {flagged})")
@@ -186,9 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory holding the runs' event files (searched recursively)")
     report.add_argument("--run", metavar="NAME", help="only this run (its path relative to LOGDIR)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    report.add_argument("--fail-on", metavar="KINDS", default="",
-                        help="comma-separated symptom kinds (nonfinite, exploding, vanishing, ... or any) that make "
-                             "the exit status 1")
+    report.add_argument("--fail-on", metavar="KINDS", default="", type=_fail_on_kinds,
+                        help=f"comma-separated symptom kinds that make the exit status 1: {', '.join(FAIL_ON_KINDS)}")
     report.set_defaults(func=_report)
 
     plot = sub.add_parser("plot", help="draw the gradient-flow figure from event files", description=PLOT_HELP,
@@ -200,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--dpi", type=_positive_int, default=100, help="resolution (default: 100)")
     plot.set_defaults(func=_plot)
     return parser
+
+
+def _fail_on_kinds(text: str) -> list[str]:
+    """``--fail-on``'s comma-separated kinds (any case), each one of :data:`FAIL_ON_KINDS`; a typo is an error, never
+    a gate that cannot fire."""
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in FAIL_ON_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown symptom kind {', '.join(repr(k) for k in bad)}; "
+                                         f"choose from {', '.join(FAIL_ON_KINDS)} (comma-separated)")
+    return kinds
 
 
 def _positive_int(text: str) -> int:

@@ -38,6 +38,7 @@ from ._clip.fixed import NormClip, ValueClip
 from ._clip.unitwise import AGC, LayerNormClip
 from ._errors import ConfigurationError
 from ._stats import GradBatch, GradGroup
+from ._validate import is_real
 
 __all__ = [
     "AGC",
@@ -67,11 +68,12 @@ def as_clipper(clip: float | Clipper | None) -> Clipper | None:
     """
     if clip is None or isinstance(clip, Clipper):
         return clip
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)):
+    if not is_real(clip):
         raise ConfigurationError(
             f"clip={clip!r} is not valid; pass None, a positive float (the max global L2 norm), or a clipper from "
             "gradwatch.clipping such as NormClip(1.0) or ValueClip(0.5)."
         )
-    if math.isnan(clip) or clip <= 0 or math.isinf(clip):
+    value = float(clip)  # numpy scalars (np.float32(1.0)) as Python floats
+    if math.isnan(value) or value <= 0 or math.isinf(value):
         raise ConfigurationError(f"clip={clip!r} must be a positive finite max norm, or None for no clipping.")
-    return NormClip(float(clip))
+    return NormClip(value)

@@ -19,7 +19,10 @@ from .._validate import check_choice, check_int, check_number
 from .base import Clipper, ClipResult, global_coef, scale_all
 from .zscore import ZScoreMode, clip_target, ema_update, welford_update, zscore
 
-__all__ = ["PercentileClip", "ZScoreClip", "window_percentile"]
+__all__ = ["MAX_WINDOW", "PercentileClip", "ZScoreClip", "window_percentile"]
+
+#: The largest ``PercentileClip(window=...)``: 8 MB of history on the device, sorted at every step.
+MAX_WINDOW = 1_000_000
 
 
 def _check_keys(owner: str, state: dict[str, Any], keys: set[str]) -> None:
@@ -177,7 +180,8 @@ class PercentileClip(Clipper):
 
     Args:
         percentile: the percentile of the history to clip at, in ``(0, 100]`` (AutoClip's best was 10).
-        window: how many recent norms to keep (>= 1).
+        window: how many recent norms to keep, from 1 to :data:`MAX_WINDOW` (1,000,000: the window is sorted at
+            every step).
 
     >>> import torch
     >>> from gradwatch._stats import StatsEngine
@@ -195,7 +199,7 @@ class PercentileClip(Clipper):
 
     def __init__(self, percentile: float = 10.0, *, window: int = 1000) -> None:
         self.percentile = check_number("percentile", percentile, positive=True, at_most=100.0)
-        self.window = check_int("window", window, minimum=1)
+        self.window = check_int("window", window, minimum=1, maximum=MAX_WINDOW)
         self._seen = 0
         self._buffer = torch.full((self.window,), math.nan, dtype=torch.float64)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,11 @@ class Clipper(ABC):
     @abstractmethod
     def clip(self, batch: GradBatch) -> ClipResult:
         """Rescale ``batch``'s gradients in place and say what was done."""
+
+    def check_layers(self, layer_names: Sequence[str]) -> None:
+        """Raise :class:`~gradwatch.ConfigurationError` if the clipper's options do not fit these watched layers (a
+        pattern that matches none, say). The watcher calls it once, when it is built, before touching anything."""
+        return None  # nothing to check by default
 
     def state_dict(self) -> dict[str, Any]:
         """The clipper's state, for checkpoints (empty for stateless clippers)."""

@@ -88,22 +88,30 @@ class AGC(Clipper):
     def __init__(self, clip_factor: float = 0.01, *, eps: float = 1e-3, exclude: str | Sequence[str] = ()) -> None:
         self.clip_factor = check_number("clip_factor", clip_factor, positive=True)
         self.eps = check_number("eps", eps, positive=True)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        if not all(isinstance(p, str) and p for p in exclude):
-            raise ConfigurationError(f"exclude={exclude!r} must be a glob string or a sequence of non-empty globs "
-                                     "over layer names, e.g. ('head',).")
-        self.exclude = tuple(exclude)
+        self.exclude = _exclude_globs(exclude)
         # Built once per pattern of layers and shapes (host-side facts), kept on the device.
         self._masks: BoundedCache[tuple[tuple[str, ...], torch.device], Tensor] = BoundedCache()
         self._unit_index: BoundedCache[tuple[torch.device, tuple[int, ...], tuple[int, ...]], Tensor] = BoundedCache()
 
+    def check_layers(self, layer_names: Sequence[str]) -> None:
+        """Raise ConfigurationError when an ``exclude`` pattern matches none of ``layer_names``.
+
+        >>> try:
+        ...     AGC(exclude="head*").check_layers(["body", "fc"])
+        ... except ConfigurationError as error:
+        ...     print(error)
+        AGC(exclude=...) pattern 'head*' matches no watched layer; the layers are: body, fc.
+        """
+        self._exclusions(layer_names)
+
+    def _exclusions(self, names: Sequence[str]) -> list[bool]:
+        return match_globs(names, self.exclude,
+                           what="AGC(exclude=...) pattern {pattern} matches no watched layer; the layers are")
+
     def _excluded(self, names: Sequence[str], device: torch.device) -> Tensor:
         """Boolean per-layer mask of excluded layers on ``device``, built once (host-side names only)."""
         return self._masks.get((tuple(names), device), lambda: torch.tensor(
-            match_globs(names, self.exclude,
-                        what="AGC(exclude=...) pattern {pattern} matches no watched layer; the layers are"),
-            dtype=torch.bool).to(device, non_blocking=True))
+            self._exclusions(names), dtype=torch.bool).to(device, non_blocking=True))
 
     def _unit_excluded(self, g: GradGroup, names: Sequence[str], positions: tuple[int, ...],
                        counts: tuple[int, ...]) -> Tensor | None:
@@ -150,6 +158,18 @@ class AGC(Clipper):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _exclude_globs(exclude: Any) -> tuple[str, ...]:
+    """``AGC(exclude=...)`` as a tuple of globs; raises ConfigurationError for anything but a non-empty glob string or
+    a sequence (list, tuple, set) of them."""
+    globs = (exclude,) if isinstance(exclude, str) else \
+        tuple(exclude) if isinstance(exclude, (list, tuple, set, frozenset)) else None
+    if globs is None or (isinstance(exclude, str) and not exclude) or \
+            not all(isinstance(p, str) and p for p in globs):
+        raise ConfigurationError(f"exclude={exclude!r} must be a glob string or a sequence of non-empty globs "
+                                 "over layer names, e.g. ('head',), or () for none.")
+    return globs
 
 
 class _UnitTotals:

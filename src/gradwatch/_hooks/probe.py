@@ -18,10 +18,9 @@ Costs and how they are kept down:
 
 from __future__ import annotations
 
-import functools
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -79,6 +78,37 @@ class _Buffer:
         perm = np.empty(len(order), dtype=np.int64)
         perm[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         return torch.cat(parts), perm
+
+
+class _Hook:
+    """One of the probe's hooks: ``fn(*bound, *args)``. A copy of the model it sits on carries a :class:`_NoHook` in
+    its place: ``copy.deepcopy(model)`` and ``torch.save(model)`` (pickle) neither copy the probe (whose weak
+    references cannot be pickled) nor leave the copy a live hook that records into it after ``close()``."""
+
+    __slots__ = ("bound", "fn")
+
+    def __init__(self, fn: Callable[..., None], *bound: Any) -> None:
+        self.fn = fn
+        self.bound = bound
+
+    def __call__(self, *args: Any) -> None:
+        self.fn(*self.bound, *args)
+
+    def __reduce__(self) -> tuple[type[_NoHook], tuple[()]]:
+        return _NoHook, ()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _NoHook:
+        return _NoHook()
+
+
+class _NoHook:
+    """What a copied or unpickled model holds where the original had a gradwatch hook: it does nothing (a hook returning
+    ``None`` leaves the output, or the gradient, as it is)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 @dataclass
@@ -321,7 +351,7 @@ class ActivationProbe:
             seen.slot, seen.slot_version = self._next_slot, t._version
             self._next_slot += 1
             self._tensor_handles.append(
-                t.register_hook(functools.partial(self._on_grad, seen.slot)))  # type: ignore[no-untyped-call]
+                t.register_hook(_Hook(self._on_grad, seen.slot)))  # type: ignore[no-untyped-call]
         return seen.slot
 
     # ------------------------------------------------------------------ internals
@@ -338,8 +368,7 @@ class ActivationProbe:
         for i, ref in enumerate(self._mods):
             module = ref()
             if module is not None and (self._flags_on or self._kinds[i] is not None):
-                self._handles.append(module.register_forward_hook(
-                    functools.partial(self._on_forward, i), with_kwargs=True))
+                self._handles.append(module.register_forward_hook(_Hook(self._on_forward, i), with_kwargs=True))
 
     def _remove_hooks(self) -> None:
         for h in self._handles:
