@@ -10,9 +10,8 @@ def test_demo_diagnoses_the_plain_network_and_clears_the_residual_one(tmp_path, 
     assert main(["demo", "--steps", "120", "--log-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     plain, residual = out.split("residual:")
-    assert "VANISHING gradients" in plain
-    assert "input" in plain
-    assert "hidden.0" in plain
+    assert "vanishing gradients in input, hidden.0–6 (8 layers) since step 0 (detected at step 49)" in plain
+    assert "XOR not learned" in plain
     assert "no symptoms" in residual
     assert f"tensorboard --logdir {tmp_path / 'demo'}" in out
     assert (tmp_path / "demo" / "plain").is_dir()

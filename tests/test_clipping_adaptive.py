@@ -175,7 +175,7 @@ def test_zscore_clip_leaves_non_finite_steps_alone_and_out_of_its_statistics():
     before = {k: v.clone() for k, v in clip.state_dict().items() if k != "seen"}
     model = scalar_model(1.0)
     model.weight.grad[0, 1] = float("inf")
-    with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, clip=clip) as w:
+    with gradwatch.watch(model, clip=clip) as w:
         w.step()
     assert torch.isinf(model.weight.grad[0, 1])
     assert model.weight.grad[0, 0] == pytest.approx(0.6)
@@ -273,7 +273,7 @@ def test_percentile_clip_skips_non_finite_norms_in_its_history():
             w.step()
     model = scalar_model(1.0)
     model.weight.grad[0, 0] = float("nan")
-    with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, clip=clip) as w:
+    with gradwatch.watch(model, clip=clip) as w:
         report = w.step()
     assert report.extras["gradwatch/clip/threshold"] == pytest.approx(2.0)  # median of 1 and 3: NaN left out
     assert model.weight.grad[0, 2] == pytest.approx(0.8)  # not scaled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -102,27 +103,32 @@ def test_spike_rule_stays_silent_on_healthy_training(name):
     assert spikes == []
 
 
-def test_on_spike_skip_drops_the_step_and_training_goes_on():
-    with pytest.warns(gradwatch.GradWatchWarning, match="spike at step 40.*The step was skipped"):
+def test_on_spike_skip_drops_the_step_and_training_goes_on(caplog):
+    with caplog.at_level(logging.INFO, logger="gradwatch"):
         reports = _train("residual_mlp", 45, spike_at=40, on_spike="skip")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("spike (model-wide) since step 40: Gradient-norm spike at step 40")
+    assert line.endswith("The step was skipped (on_spike='skip').")
     assert [(r.step, r.skip_reason) for r, _ in reports if r.skipped] == [(40, "spike")]
     assert [changed for _, changed in reports] == [step != 40 for step in range(45)]
 
 
-def test_on_spike_ignore_reports_without_warning_and_warn_warns():
-    with warnings.catch_warnings():
+def test_on_spike_ignore_reports_without_a_line_and_warn_says_it(caplog):
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG, logger="gradwatch"):
         warnings.simplefilter("error", gradwatch.GradWatchWarning)
         reports = _train("residual_mlp", 32, spike_at=30, on_spike="ignore")
     assert any(s.kind == "spike" for s in reports[30][0].symptoms)
     assert not reports[30][0].skipped
-    with pytest.warns(gradwatch.GradWatchWarning, match="Gradient-norm spike at step 30"):
+    assert caplog.records == []
+    with caplog.at_level(logging.INFO, logger="gradwatch"):
         _train("residual_mlp", 32, spike_at=30)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "Gradient-norm spike at step 30" in caplog.records[0].getMessage()
 
 
 def test_spike_count_and_alert_reach_the_sinks():
     sink = gradwatch.MemorySink()
-    with pytest.warns(gradwatch.GradWatchWarning):
-        _train("residual_mlp", 32, spike_at=30, sinks=[sink])
+    _train("residual_mlp", 32, spike_at=30, sinks=[sink])
     assert dict(sink.series("gradwatch/symptoms/spike"))[30] == 1.0
     assert dict(sink.series("gradwatch/symptoms/spike"))[0] == 0.0
     assert [a.step for a in sink.alerts if a.kind == "spike"] == [30]
@@ -168,7 +174,7 @@ def test_invalid_on_spike_is_refused_with_the_choices():
 def test_skip_reason_tells_a_non_finite_skip_from_a_spike_skip():
     model = nn.Linear(2, 1)
     model.weight.grad, model.bias.grad = torch.tensor([[float("nan"), 1.0]]), torch.tensor([1.0])
-    with pytest.warns(gradwatch.GradWatchWarning), gradwatch.watch(model, on_nonfinite="skip", on_spike="skip") as w:
+    with gradwatch.watch(model, on_nonfinite="skip", on_spike="skip") as w:
         report = w.step()
     assert report.skipped
     assert report.skip_reason == "nonfinite"

@@ -35,8 +35,8 @@ def test_the_callback_takes_the_config_options_minus_the_trainers_own():
     lightning = pytest.importorskip("gradwatch.lightning")
     callback = _defaults(lightning.GradWatchCallback)
     shared = set(callback) - CALLBACK_OWN
-    # the Trainer supplies the writer (its loggers), the process group and the optimizers
-    assert shared == set(watch_options()) - {"log_dir", "writer", "distributed", "optimizer"}
+    # the Trainer supplies the writer (its loggers), the process group, the optimizers and the GradScaler
+    assert shared == set(watch_options()) - {"log_dir", "writer", "distributed", "optimizer", "scaler"}
     watch_defaults = _defaults(gradwatch.watch)
     assert {k: callback[k] for k in shared - {"every_n_steps", "on_nonfinite"}} == \
         {k: watch_defaults[k] for k in shared - {"every_n_steps", "on_nonfinite"}}

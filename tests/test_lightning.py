@@ -193,7 +193,8 @@ def test_skip_leaves_weights_unchanged_at_the_nan_step_and_training_goes_on(name
     out = capsys.readouterr().out
     assert "nonfinite" in out
     assert "net.0" in out
-    assert "step 2" in out  # the summary at the end of fit
+    (episode,) = cb.watcher.history.episodes("nonfinite")  # the summary at the end of fit renders it
+    assert (episode.onset, episode.detected, episode.end) == (2, 2, 3)
 
 
 def test_raise_flushes_the_event_file_before_raising(tmp_path: Any) -> None:
@@ -446,9 +447,10 @@ def test_16_mixed_scaler_overflow_is_an_event_until_it_persists(device: str, tmp
     # Steps 1, 4, 5: events only. From the 3rd consecutive overflow (step 6) on: nonfinite symptoms, alerted once.
     nonfinite = dict(sink.series("gradwatch/symptoms/nonfinite"))
     assert [s for s in range(10) if nonfinite.get(s, 0) > 0] == [6, 7, 8]
-    assert [(a.step, a.layer) for a in sink.alerts if a.kind == "nonfinite"] == [(6, "net.0"), (7, "net.0"),
-                                                                                (8, "net.0")]
+    assert [(a.step, a.layer) for a in sink.alerts if a.kind == "nonfinite"] == [(6, "net.0")]  # one episode
     assert "3 consecutive steps" in sink.alerts[0].message
+    (episode,) = cb.watcher.history.episodes("nonfinite")
+    assert (episode.onset, episode.detected, episode.last, episode.end) == (4, 6, 8, 9)  # since the streak began
     assert not [a for a in sink.alerts if a.kind == "exploding"]
     history = {(e.kind, e.layer): e for e in cb.watcher.history.summaries()}
     assert (history[("amp_overflow", None)].count, history[("amp_overflow", None)].first_step) == (3, 1)

@@ -1,6 +1,7 @@
 """NaN/Inf injected at a known layer and step, and the four on_nonfinite actions."""
 
 import copy
+import logging
 import math
 import warnings
 
@@ -34,12 +35,10 @@ def _train(model, watcher, steps, *, bad_step, bad_layer=2, value=float("nan"), 
 
 
 @pytest.mark.parametrize(("value", "word"), [(float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "inf")])
-def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, word):
+def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, word, caplog):
     model = _mlp()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with gradwatch.watch(model) as watcher:
-            reports = _train(model, watcher, 6, bad_step=3, value=value)
+    with caplog.at_level(logging.INFO, logger="gradwatch"), gradwatch.watch(model) as watcher:
+        reports = _train(model, watcher, 6, bad_step=3, value=value)
     for r in reports:
         bad = [s for s in r.symptoms if s.kind == "nonfinite"]
         if r.step == 3:
@@ -50,19 +49,24 @@ def test_injected_value_gives_one_symptom_for_that_layer_at_that_step(value, wor
             assert r.layers["0"].nonfinite is None
         elif r.step < 3:
             assert bad == []
-    msgs = [str(w.message) for w in caught if issubclass(w.category, gradwatch.GradWatchWarning)]
-    assert any("step 3" in m and "2 (" in m for m in msgs)
+    # one console line for the episode (the NaN spreads through the weights to every layer after step 3), an error
+    (line,) = [r for r in caplog.records if r.name == "gradwatch"]
+    assert line.levelno == logging.ERROR
+    assert line.getMessage().startswith("non-finite gradients in 2 since step 3: ")
 
 
-def test_nan_in_non_logging_step_is_still_detected_and_logged_at_its_step():
+def test_nan_in_non_logging_step_is_still_detected_and_logged_at_its_step(caplog):
     model = _mlp()
     sink = MemorySink()
-    with pytest.warns(gradwatch.GradWatchWarning, match="step 7"), \
+    with caplog.at_level(logging.INFO, logger="gradwatch"), \
             gradwatch.watch(model, every_n_steps=5, sinks=[sink]) as watcher:
         _train(model, watcher, 9, bad_step=7, bad_layer=4)
-    # step 7's NaN went through optimizer.step() (on_nonfinite="warn"), so step 8 is NaN everywhere
-    assert [(s.kind, s.layer, s.step) for s in sink.alerts if s.step == 7] == [("nonfinite", "4", 7)]
-    assert {s.layer for s in sink.alerts if s.step == 8} == {"0", "2", "4"}
+    assert any("since step 7" in r.getMessage() for r in caplog.records)
+    # step 7's NaN went through optimizer.step() (on_nonfinite="warn"), so step 8 is NaN everywhere: the same episode
+    assert [(s.kind, s.layer, s.step) for s in sink.alerts] == [("nonfinite", "4", 7)]
+    (start, still) = sink.episodes
+    assert (start.what, start.step, still.what, still.step) == ("start", 7, "open", 8)
+    assert still.episode.later == [("0", 8), ("2", 8)]
     assert (7, 1.0) in sink.series("gradwatch/symptoms/nonfinite")
     assert [s for s, _ in sink.series("gradwatch/grad_norm/4")] == [0, 5]  # per-layer scalars on logging steps only
 
@@ -87,7 +91,7 @@ def test_raise_flushes_the_event_file_before_raising(tmp_path):
     watcher.close()
 
 
-def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step():
+def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step(caplog):
     model = _mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
     snapshots = {}
@@ -95,9 +99,8 @@ def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step():
     class Spy(MemorySink):
         pass
 
-    # one block for the whole session: a loop of 5 steps, one of which warns
-    with pytest.warns(gradwatch.GradWatchWarning, match="skipped"), \
-            gradwatch.watch(model, on_nonfinite="skip") as watcher:  # noqa: PT031
+    # one block for the whole session: a loop of 5 steps, one of which is said to be skipped
+    with caplog.at_level(logging.INFO, logger="gradwatch"), gradwatch.watch(model, on_nonfinite="skip") as watcher:
         for step in range(5):
             opt.zero_grad()
             model(torch.randn(8, 4)).pow(2).mean().backward()
@@ -109,6 +112,7 @@ def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step():
             snapshots[step] = (before, copy.deepcopy(model.state_dict()), r.skipped)
     before, after, skipped = snapshots[2]
     assert skipped
+    assert [r.getMessage().endswith("The step was skipped (on_nonfinite='skip').") for r in caplog.records] == [True]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters()) is False  # later steps had grads again
     for step in (1, 3):
@@ -118,13 +122,14 @@ def test_skip_leaves_every_parameter_unchanged_through_the_optimizer_step():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_ignore_reports_and_logs_without_warning():
+def test_ignore_reports_and_logs_without_warning(caplog):
     model = _mlp()
     sink = MemorySink()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="gradwatch"):
         warnings.simplefilter("error", gradwatch.GradWatchWarning)
         with gradwatch.watch(model, on_nonfinite="ignore", sinks=[sink]) as watcher:
             reports = _train(model, watcher, 3, bad_step=2)
+    assert caplog.records == []  # recorded, not said
     assert [s.kind for s in reports[2].symptoms] == ["nonfinite"]
     assert [s.step for s in sink.alerts] == [2]
     assert not reports[2].skipped

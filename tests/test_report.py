@@ -7,7 +7,6 @@ import glob
 import json
 import math
 import os
-import re
 import struct
 import sys
 from pathlib import Path
@@ -58,23 +57,24 @@ def test_demo_report_names_the_vanishing_layers_of_the_plain_network_only(demo_d
     runs = {r["name"]: r for r in data["runs"]}
     assert set(runs) == {"plain", "residual"}
     plain, residual = runs["plain"], runs["residual"]
-    # the vanishing layers are exactly those the watcher alerted on, in depth order, the input side first
-    alerted = {a.layer for a in load_run("plain", str(demo_dir / "plain")).alerts if a.kind == "vanishing"}
+    # the vanishing layers are exactly those of the watcher's vanishing episode, in depth order, the input side first
+    episodes = load_run("plain", str(demo_dir / "plain")).episodes.values()
+    alerted = {x for e in episodes if e.kind == "vanishing" for x in e.named_layers}
     assert plain["starved_layers"]
     assert set(plain["starved_layers"]) == alerted
     assert plain["starved_layers"][:2] == ["input", "hidden.0"]
     assert plain["symptoms"]["vanishing"]["steps"] > 0
     assert "Likely cause" in plain["advice"]["vanishing"]
     assert residual["starved_layers"] == []
-    assert residual["layers"] == []
+    assert residual["episodes"] == []
     assert all(v["steps"] == 0 for v in residual["symptoms"].values())
     assert plain["logged_steps"] == 12
     assert plain["steps"] == [0, 119]
-    # a layer starved since step N is alerted after the patience; the report starts it at N, not at the alert
-    alert_step = {a.layer: a.step for a in load_run("plain", str(demo_dir / "plain")).alerts if a.kind == "vanishing"}
-    for e in (e for e in plain["layers"] if e["kind"] == "vanishing"):
-        since = int(re.search(r"since step (\d+)", e["message"]).group(1))
-        assert e["first_step"] == since < alert_step[e["layer"]], e
+    # one episode: its layers grouped; its onset (the first step of evidence) before its detection (the patience)
+    (e,) = plain["episodes"]
+    assert (e["kind"], e["where"]) == ("vanishing", "input, hidden.0–6 (8 layers)")
+    assert e["onset"] < e["detected"] <= e["last"] == 119
+    assert e["end"] is None
     # the table says the same
     assert main(["report", str(demo_dir)]) == 0
     out = capsys.readouterr().out
@@ -96,8 +96,9 @@ def test_injected_nan_fails_the_ci_exit_status(tmp_path, capsys):
     assert code == 1
     assert data["failed"] == [".: nonfinite"]
     (run,) = data["runs"]
-    (entry,) = [e for e in run["layers"] if e["kind"] == "nonfinite"]
-    assert (entry["layer"], entry["first_step"], entry["last_step"], entry["severity"]) == ("2", 3, 3, "error")
+    (entry,) = [e for e in run["episodes"] if e["kind"] == "nonfinite"]
+    assert (entry["layers"], entry["onset"], entry["detected"], entry["last"], entry["end"], entry["severity"]) == (
+        ["2"], 3, 3, 3, 4, "error")
     assert run["symptoms"]["nonfinite"] == {"steps": 1, "first_step": 3, "last_step": 3, "max_layers": 1}
     assert run["global_norm"]["nonfinite"] == 0  # step 3 is not a logging step: the logged norms stayed finite
     assert run["clipping"]["of_steps"] == run["logged_steps"]
@@ -128,7 +129,7 @@ def test_a_file_cut_mid_record_still_reports_what_was_written(tmp_path, capsys):
     code, out = _json(capsys, ["report", str(tmp_path), "--json", "--fail-on", "nonfinite"])
     (run,) = out["runs"]
     assert code == 1
-    assert [(e["kind"], e["layer"], e["first_step"]) for e in run["layers"]] == [("nonfinite", "2", 3)]
+    assert [(e["kind"], e["layers"], e["onset"]) for e in run["episodes"]] == [("nonfinite", ["2"], 3)]
     assert run["steps"][1] < 11  # the later steps were cut off
     assert any("ends mid-record" in n for n in run["notes"])
     assert main(["report", str(tmp_path)]) == 0

@@ -8,71 +8,137 @@ model, a sink or the device beyond building the flag tensor it is given the mean
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import NonFiniteGradientError
+from ._errors import ConfigurationError, NonFiniteGradientError
 from ._history import ClipTally
 from ._stats import DeviceStats
 from ._step import Record
 from ._symptoms import Symptom
+from ._validate import check_int, is_real
 
 __all__ = [
-    "AmpState", "agreed_spike", "decides_before_step", "drop_for_nonfinite", "drop_gradients", "is_persistent_overflow",
-    "nonfinite_error", "nonfinite_flag", "spike_in", "tally_clip",
+    "SCALE_FLOOR", "STUCK_LIMIT", "AmpState", "agreed_spike", "decides_before_step", "drop_for_nonfinite",
+    "drop_gradients", "nonfinite_error", "nonfinite_flag", "scale_of", "spike_in", "tally_clip",
 ]
 
 ReduceFlag = Callable[[Tensor], Tensor]
 
 
+#: A loss scale at or below this leaves nothing to unscale: an overflow there is the gradients' own.
+SCALE_FLOOR = 1.0
+#: Overflows in one run at which the scale had not fallen (since the run's previous overflow) before the run is no
+#: longer the scaler's business: 2 lets a scaler with a hysteresis of one step (it backs off every other overflow) be.
+STUCK_LIMIT = 2
+
+
 @dataclass
 class AmpState:
-    """The fp16 loss scaler's overflows: the current streak of consecutive ones and the count so far.
+    """The fp16 loss scaler's overflows: the current run of consecutive ones, the count so far, and whether the scale
+    still falls.
+
+    A run of overflows is the scaler's business while its scale falls at each of them (a healthy recovery halves it
+    from 2**16, or 2**40, down to where the gradients fit). It is *persistent* (a real numerical problem, reported as
+    ``nonfinite``) once the scale has stopped falling: an overflow at a scale of :data:`SCALE_FLOOR` or below, or
+    :data:`STUCK_LIMIT` overflows of the run at which the scale had not gone down (a scaler at its floor, a fixed
+    scale); or, with ``patience`` set, after that many consecutive overflows whatever the scale.
 
     Examples:
         >>> amp = AmpState()
-        >>> amp.observe(True), amp.observe(True), amp.observe(False)
-        (1, 2, 0)
-        >>> amp.overflows
-        2
+        >>> [amp.observe(True, 2.0**k) for k in (40, 39, 38)]  # halving: the scaler's business
+        [False, False, False]
+        >>> amp.observe(False, 2.0**37), amp.streak
+        (False, 0)
+        >>> [amp.observe(True, 8.0) for _ in range(3)]  # the same scale again and again: it has stopped falling
+        [False, False, True]
+        >>> amp.observe(False, 8.0), amp.observe(True, 0.5)  # at a scale of 1 or below: at once
+        (False, True)
+        >>> amp.overflows, amp.why
+        (7, 'the loss scale is down to 0.5: nothing is left to unscale, the gradients overflow on their own')
     """
 
     streak: int = 0
     overflows: int = 0
-    patience: int = 20  # consecutive overflows after which they are a real problem (``nonfinite``)
+    patience: int | None = None  # consecutive overflows after which they are persistent whatever the scale; None: off
+    last_scale: float | None = None  # the scale at the run's previous overflow
+    stuck: int = 0  # overflows of the run at which the scale had not fallen
+    why: str = ""  # why the current run is persistent ("" while it is the scaler's business)
 
-    def observe(self, overflow: bool) -> int:
-        """Count one step (``overflow``: the scaler found Inf/NaN); the streak after it."""
-        self.streak = self.streak + 1 if overflow else 0
-        self.overflows += int(overflow)
-        return self.streak
+    def observe(self, overflow: bool, scale: float) -> bool:
+        """Count one step (``overflow``: the scaler found Inf/NaN; ``scale``: the loss scale it used); whether the
+        run of overflows it belongs to is persistent."""
+        if not overflow:
+            self.streak, self.stuck, self.last_scale, self.why = 0, 0, None, ""
+            return False
+        self.streak += 1
+        self.overflows += 1
+        if self.last_scale is not None and not scale < self.last_scale:
+            self.stuck += 1
+        self.last_scale = scale
+        if not self.why:
+            self.why = self._persistence(scale)
+        return bool(self.why)
 
-    def observe_step(self, record: Record, nonfinite: Tensor) -> None:
-        """Count a step whose gradients a dynamic loss scaler unscaled; ``nonfinite``: its per-layer codes."""
+    def _persistence(self, scale: float) -> str:
+        if scale <= SCALE_FLOOR:
+            return (f"the loss scale is down to {scale:g}: nothing is left to unscale, the gradients overflow on "
+                    "their own")
+        if self.stuck >= STUCK_LIMIT:
+            return f"the loss scale has stopped falling (still {scale:g})"
+        if self.patience is not None and self.streak >= self.patience:
+            return f"amp_overflow_patience={self.patience} reached"
+        return ""
+
+    def observe_step(self, record: Record, nonfinite: Tensor, loss_scale: Tensor | float | None,
+                     scaler: Any) -> Tensor | float | None:
+        """Count a step whose gradients a dynamic loss scaler unscaled; ``nonfinite``: its per-layer codes. The scale
+        is ``loss_scale`` or, without one, the ``scaler``'s (``None`` for no scaler, or a disabled one: nothing is
+        counted). Returns the scale."""
+        scale = loss_scale if loss_scale is not None else scale_of(scaler)
+        if scale is None:
+            return None
         # Intended host sync: the GradScaler reads its own Inf/NaN flags on the host in scaler.step() right after
-        # this call; overflow bookkeeping needs the same answer now.
+        # this call; overflow bookkeeping needs the same answer now. A scale given as a device tensor is read in the
+        # same breath (the device is idle by then: no second wait).
         record.amp, record.amp_overflow = True, bool(nonfinite.any())
-        record.amp_streak = self.observe(record.amp_overflow)
-        record.amp_overflows = self.overflows
+        record.amp_persistent = self.observe(record.amp_overflow, float(scale))
+        record.amp_streak, record.amp_overflows, record.amp_why = self.streak, self.overflows, self.why
+        return scale
 
-    def state_dict(self) -> dict[str, int]:
-        return {"streak": self.streak, "overflows": self.overflows}
+    def state_dict(self) -> dict[str, Any]:
+        return {"streak": self.streak, "overflows": self.overflows, "last_scale": self.last_scale,
+                "stuck": self.stuck, "why": self.why}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.streak = int(state.get("streak", 0))
-        self.overflows = int(state.get("overflows", 0))
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (checked whole first; older checkpoints hold the counts only)."""
+        last, why = state.get("last_scale"), state.get("why", "")
+        if not (last is None or is_real(last)) or not isinstance(why, str):
+            raise ConfigurationError(f"amp: last_scale={last!r} must be a number or None, why={why!r} a string.")
+        counts = [check_int(f"amp {name}", state.get(name, 0)) for name in ("streak", "overflows", "stuck")]
+        self.streak, self.overflows, self.stuck = counts
+        self.last_scale, self.why = None if last is None else float(last), why
 
 
-def is_persistent_overflow(overflow: bool, streak: int, patience: int) -> bool:
-    """An overflow run long enough to be a real numerical problem, not the scaler's routine business.
+def scale_of(scaler: Any) -> float | None:
+    """The current scale of ``scaler`` (``None`` for no scaler, or a disabled one).
 
-    >>> is_persistent_overflow(True, 20, 20), is_persistent_overflow(True, 3, 20), is_persistent_overflow(False, 0, 1)
-    (True, False, False)
+    >>> import torch
+    >>> scale_of(None), scale_of(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    (None, 1024.0)
+    >>> scale_of(torch.amp.GradScaler("cpu", enabled=False)) is None
+    True
     """
-    return overflow and streak >= patience
+    if scaler is None:
+        return None
+    enabled = getattr(scaler, "is_enabled", None)
+    if callable(enabled) and not enabled():
+        return None
+    return float(scaler.get_scale())  # Intended host sync: the GradScaler keeps its scale on the device
 
 
 def decides_before_step(on_nonfinite: str) -> bool:
@@ -96,13 +162,12 @@ def nonfinite_flag(dev: DeviceStats, amp: bool, persistent_overflow: bool) -> Te
     return dev.nonfinite.amax() if dev.layer_max.numel() else home.new_zeros(())
 
 
-def drop_for_nonfinite(on_nonfinite: str, record: Record, dev: DeviceStats, patience: int,
-                       reduce_flag: ReduceFlag | None) -> bool:
+def drop_for_nonfinite(on_nonfinite: str, record: Record, dev: DeviceStats, reduce_flag: ReduceFlag | None) -> bool:
     """Whether to drop this step for non-finite gradients (only with ``on_nonfinite`` "skip" or "raise"); a dropped
     step is logged."""
     if not decides_before_step(on_nonfinite):
         return False
-    flag = nonfinite_flag(dev, record.amp, is_persistent_overflow(record.amp_overflow, record.amp_streak, patience))
+    flag = nonfinite_flag(dev, record.amp, record.amp_overflow and record.amp_persistent)
     if reduce_flag is not None:
         flag = reduce_flag(flag)
     # Intended host sync: the decision to skip or raise must be known before optimizer.step().

@@ -21,7 +21,7 @@ from ._flowplot import MissingExtraError, require_matplotlib
 from ._hooks.probe import NanOrigin, resolve_nan_origin
 from ._sinks import Sink
 from ._thresholds import Thresholds
-from ._validate import check_choice, check_int
+from ._validate import check_choice, check_int, check_log_dir
 from .clipping import Clipper, as_clipper
 
 __all__ = ["DistributedMode", "HistogramOf", "NonFiniteAction", "SpikeAction", "WatchConfig"]
@@ -40,8 +40,9 @@ class WatchConfig:
     Values are normalised: ``clip`` holds a clipper (or ``None``), ``thresholds`` a :class:`~gradwatch.Thresholds`,
     ``layers``, ``sinks``, ``histograms`` and a list of ``activations`` globs tuples, ``nan_origin`` its resolved
     choice, and ``optimizer`` a tuple of ``torch.optim.Optimizer`` (wrappers with an ``.optimizer``, such as
-    Lightning's ``LightningOptimizer``, unwrapped) or ``None``. :meth:`replace` makes a validated copy with some
-    options changed.
+    Lightning's ``LightningOptimizer``, unwrapped) or ``None``; ``scaler`` a loss scaler (anything with
+    ``get_scale()``, a ``torch.amp.GradScaler``) or ``None``. :meth:`replace` makes a validated copy with some options
+    changed.
 
     Raises:
         ConfigurationError: for any invalid option, naming the value and the valid choices.
@@ -77,12 +78,14 @@ class WatchConfig:
     nan_origin: NanOrigin | None = None
     distributed: DistributedMode = "auto"
     optimizer: Optimizer | Sequence[Optimizer] | None = field(default=None, repr=False)
-    #: Not an option of ``watch()``: set by adapters that know better (the Lightning callback's own option).
-    amp_overflow_patience: int = field(default=20, repr=False)
+    scaler: Any = field(default=None, repr=False)
+    #: Not an option of ``watch()``: the Lightning callback's own option. ``None`` (default): a run of fp16 loss-scaler
+    #: overflows is judged by the scale alone; an int also makes this many consecutive overflows ``nonfinite``.
+    amp_overflow_patience: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for check in (_check_output, _check_actions, _check_layers_and_sinks, _check_dashboard, _check_hooks,
-                      _check_optimizer):
+                      _check_optimizer, _check_scaler):
             for name, value in check(self).items():
                 object.__setattr__(self, name, value)
 
@@ -114,12 +117,26 @@ def watch_options() -> list[str]:
 def _check_output(c: WatchConfig) -> dict[str, Any]:
     if c.log_dir is not None and c.writer is not None:
         raise ConfigurationError("Pass log_dir= or writer=, not both: log_dir makes a new SummaryWriter.")
-    if c.log_dir is not None and not isinstance(c.log_dir, (str, os.PathLike)):
-        raise ConfigurationError(f"log_dir={c.log_dir!r} must be a path (str or os.PathLike).")
-    if c.writer is not None and not (hasattr(c.writer, "add_scalar") and hasattr(c.writer, "add_text")):
-        raise ConfigurationError(
-            f"writer={c.writer!r} must be a SummaryWriter (something with add_scalar and add_text).")
+    if c.log_dir is not None:
+        if not isinstance(c.log_dir, (str, os.PathLike)):
+            raise ConfigurationError(f"log_dir={c.log_dir!r} must be a path (str or os.PathLike).")
+        check_log_dir("log_dir", c.log_dir)  # before anything is created: a file, or a directory not writable
+    if c.writer is not None:
+        _check_writer(c.writer, c.histogram_every_n_steps)
     return {"every_n_steps": check_int("every_n_steps", c.every_n_steps, minimum=1)}
+
+
+def _check_writer(writer: Any, histogram_every_n_steps: Any) -> None:
+    """The methods that :class:`~gradwatch.TensorBoardSink` calls on a writer for the configured features: a writer
+    without one would be dropped at the first step that needs it."""
+    needed = {"add_scalar": "scalars", "add_text": "alerts", "flush": "flush and close"}
+    if histogram_every_n_steps is not None:
+        needed["add_histogram_raw"] = f"histogram_every_n_steps={histogram_every_n_steps!r}"
+    missing = [f"{method} (for {use})" for method, use in needed.items() if not callable(getattr(writer, method, None))]
+    if missing:
+        raise ConfigurationError(
+            f"writer={writer!r:.120} must be a SummaryWriter (something with {', '.join(needed)}); it has no "
+            f"{', '.join(missing)}.")
 
 
 def _check_actions(c: WatchConfig) -> dict[str, Any]:
@@ -132,23 +149,41 @@ def _check_actions(c: WatchConfig) -> dict[str, Any]:
         "on_nonfinite": check_choice("on_nonfinite", c.on_nonfinite, get_args(NonFiniteAction)),
         "on_spike": check_choice("on_spike", c.on_spike, get_args(SpikeAction)),
         "distributed": check_choice("distributed", c.distributed, get_args(DistributedMode)),
-        "amp_overflow_patience": check_int("amp_overflow_patience", c.amp_overflow_patience, minimum=1),
+        "amp_overflow_patience": _optional_every("amp_overflow_patience", c.amp_overflow_patience),
     }
 
 
 def _check_layers_and_sinks(c: WatchConfig) -> dict[str, Any]:
     layers = c.layers
     if layers is not None:
-        patterns = [layers] if isinstance(layers, str) else list(layers)
+        patterns = _strings(layers)
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise ConfigurationError(f"layers={patterns!r} must be a non-empty glob string or a sequence of them.")
+            raise ConfigurationError(f"layers={patterns if patterns is not None else layers!r} must be a non-empty "
+                                     "glob string or a sequence of them.")
         layers = layers if isinstance(layers, str) else tuple(patterns)
-    sinks = tuple(c.sinks)
+    return {"layers": layers, "sinks": _checked_sinks(c.sinks)}
+
+
+def _strings(value: Any) -> list[Any] | None:
+    """A glob option as a list: ``[value]`` for a string, the items of a sequence or a set, else ``None``."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (Sequence, set, frozenset)) and not isinstance(value, bytes):
+        return list(value)
+    return None
+
+
+def _checked_sinks(sinks: Any) -> tuple[Sink, ...]:
+    if isinstance(sinks, Sink):
+        raise ConfigurationError(f"sinks={sinks!r:.80} is one sink: pass a list of them (sinks=[...]).")
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, (Sequence, set, frozenset)):
+        raise ConfigurationError(f"sinks={sinks!r:.80} must be a list of gradwatch Sinks (objects with write_scalars, "
+                                 "write_alerts, flush, close); () for none.")
     for s in sinks:
         if not isinstance(s, Sink):
             raise ConfigurationError(
                 f"sinks: {s!r} is not a gradwatch Sink (write_scalars, write_alerts, flush, close).")
-    return {"layers": layers, "sinks": sinks}
+    return tuple(sinks)
 
 
 def _optional_every(name: str, value: int | None) -> int | None:
@@ -158,9 +193,11 @@ def _optional_every(name: str, value: int | None) -> int | None:
 def _check_dashboard(c: WatchConfig) -> dict[str, Any]:
     histogram_every = _optional_every("histogram_every_n_steps", c.histogram_every_n_steps)
     figure_every = _optional_every("figure_every_n_steps", c.figure_every_n_steps)
-    histograms = (c.histograms,) if isinstance(c.histograms, str) else tuple(c.histograms)
+    listed = _strings(c.histograms)
+    histograms = tuple(listed) if listed is not None else c.histograms
     choices = get_args(HistogramOf)
-    if not histograms or any(h not in choices for h in histograms) or len(set(histograms)) != len(histograms):
+    if listed is None or not histograms or any(not (isinstance(h, str) and h in choices) for h in histograms) or \
+            len(set(histograms)) != len(histograms):
         raise ConfigurationError(f"histograms={histograms!r} is not valid; give one or both of "
                                  f"{', '.join(repr(ch) for ch in choices)}, each once.")
     if figure_every is not None:
@@ -175,12 +212,12 @@ def _check_dashboard(c: WatchConfig) -> dict[str, Any]:
 
 def _check_hooks(c: WatchConfig) -> dict[str, Any]:
     activations = c.activations
-    if not (isinstance(activations, (bool, str)) or
-            (isinstance(activations, Sequence) and all(isinstance(a, str) for a in activations))):
-        raise ConfigurationError(f"activations={activations!r} must be True/False, a glob over module names, or a "
-                                 "sequence of globs.")
-    if isinstance(activations, Sequence) and not isinstance(activations, str):
-        activations = tuple(activations)
+    if not isinstance(activations, bool):
+        patterns = _strings(activations)
+        if not patterns or not all(isinstance(a, str) and a for a in patterns):
+            raise ConfigurationError(f"activations={activations!r} must be True/False, a glob over module names, or a "
+                                     "non-empty sequence of globs.")
+        activations = activations if isinstance(activations, str) else tuple(patterns)
     return {
         "activations": activations,
         "activation_every_n_steps": _optional_every("activation_every_n_steps", c.activation_every_n_steps),
@@ -211,3 +248,11 @@ def _check_optimizer(c: WatchConfig) -> dict[str, Any]:
         raise ConfigurationError(f"optimizer: the same optimizer is given more than once ({len(optimizers)} given); "
                                  "pass each once.")
     return {"optimizer": optimizers}
+
+
+def _check_scaler(c: WatchConfig) -> dict[str, Any]:
+    scaler = c.scaler
+    if scaler is not None and not callable(getattr(scaler, "get_scale", None)):
+        raise ConfigurationError(f"scaler={scaler!r:.120} is not a loss scaler; pass the torch.amp.GradScaler of fp16 "
+                                 "mixed precision (anything with get_scale()), or None.")
+    return {}

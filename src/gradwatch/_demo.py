@@ -9,16 +9,16 @@ the skip path carries the gradient through unchanged. gradwatch watches both and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ._history import SymptomHistory, SymptomSummary
+from ._episodes import fmt_number, group_layers, kind_label
+from ._history import SymptomHistory
 from ._watcher import watch
 
-__all__ = ["XorNet", "XorResult", "run_xor", "xor_data"]
+__all__ = ["XorNet", "XorResult", "conclusion", "describe", "learned", "run_xor", "xor_data"]
 
 
 class ResidualSigmoid(nn.Module):
@@ -70,6 +70,7 @@ class XorResult:
     outputs: list[float]
     history: SymptomHistory
     log_dir: str | None
+    steps: int = 0
 
 
 def run_xor(*, residual: bool, steps: int = 1500, lr: float = 1.0, seed: int = 0,
@@ -89,35 +90,77 @@ def run_xor(*, residual: bool, steps: int = 1500, lr: float = 1.0, seed: int = 0
         history = watcher.history
     with torch.no_grad():
         outputs = model(x).view(-1).tolist()
-    return XorResult(residual, loss.item(), outputs, history, os.fspath(log_dir) if log_dir is not None else None)
+    return XorResult(residual, loss.item(), outputs, history, os.fspath(log_dir) if log_dir is not None else None,
+                     steps)
+
+
+#: An output counts as right when it is within this distance of its label (0 or 1).
+TOLERANCE = 0.25
+
+
+def learned(result: XorResult) -> bool:
+    """Whether the network computes XOR: every output within :data:`TOLERANCE` of its label.
+
+    Examples:
+        >>> learned(XorResult(False, 0.01, [0.1, 0.9, 0.8, 0.2], SymptomHistory(), None))
+        True
+        >>> learned(XorResult(True, 0.257, [0.40, 0.42, 0.41, 0.42], SymptomHistory(), None))
+        False
+    """
+    labels = xor_data()[1].view(-1).tolist()
+    return all(abs(o - t) < TOLERANCE for o, t in zip(result.outputs, labels, strict=True))
+
+
+def _name(result: XorResult) -> str:
+    return "residual" if result.residual else "plain"
 
 
 def describe(result: XorResult) -> str:
-    """A few lines saying what gradwatch found in one run."""
-    name = "residual" if result.residual else "plain"
+    """What one run measured and what gradwatch found: its result, then one line per episode (at most two, and a
+    line saying how many more): at most four lines."""
     outs = " ".join(f"{o:.2f}" for o in result.outputs)
-    lines = [f"{name:>8}: final loss {result.loss:.4f}, outputs for (00, 01, 10, 11): {outs}"]
-    lines += _vanishing_lines(result.history.summaries("vanishing"))
-    for s in result.history.summaries():
-        if s.kind != "vanishing":
-            lines.append(f"{_INDENT}gradwatch: {s.kind} at {s.layer or 'model'}, steps {s.first_step}-{s.last_step}")
-    if not result.history:
-        lines.append(f"{_INDENT}gradwatch: no symptoms: the gradient reaches every layer.")
+    verdict = "XOR learned" if learned(result) else "XOR not learned"
+    lines = [f"{_name(result):>8}: final loss {result.loss:.4f}, outputs {outs} for (00, 01, 10, 11): {verdict}"]
+    episodes = result.history.episodes()
+    for e in episodes[:_SHOWN]:
+        later = f"; later also {group_layers([x for x, _ in e.later])}" if e.later else ""
+        detected = f" (detected at step {e.detected})" if e.detected != e.onset else ""
+        lines.append(f"{_INDENT}{kind_label(e.kind)} {e.place} since step {e.onset}{detected}{later}")
+    if len(episodes) > _SHOWN:
+        lines.append(f"{_INDENT}and {len(episodes) - _SHOWN} more episodes (gradwatch report shows them all)")
+    if not episodes:
+        lines.append(f"{_INDENT}no symptoms: the gradient reaches every layer")
     return "\n".join(lines)
 
 
 _INDENT = " " * 10
+_SHOWN = 2  # episodes shown per network: the demo prints at most 12 lines in all
 
 
-def _vanishing_lines(vanishing: Sequence[SymptomSummary]) -> list[str]:
-    """The layers that starved first, those that followed, and the first alert's text."""
-    if not vanishing:
-        return []
-    first = min(s.first_step for s in vanishing)
-    early = [s.layer for s in vanishing if s.layer and s.first_step == first]
-    later = [s.layer for s in vanishing if s.layer and s.first_step != first]
-    lines = [f"{_INDENT}gradwatch: VANISHING gradients from step {first} at {len(early)} layers: {', '.join(early)}."]
-    if later:
-        lines.append(f"{_INDENT}Later also at {', '.join(later)} (the whole stack stalled).")
-    lines.append(_INDENT + vanishing[0].first_message)
-    return lines
+def conclusion(plain: XorResult, residual: XorResult) -> str:
+    """The diagnosis, from what the two runs measured: whether each learned XOR, and whether its layers starved.
+
+    Examples:
+        >>> fed = XorResult(True, 0.257, [0.40, 0.42, 0.41, 0.42], SymptomHistory(), None, steps=300)
+        >>> print(conclusion(XorResult(False, 0.25, [0.5] * 4, SymptomHistory(), None, steps=300), fed))
+        Diagnosis: neither network learned XOR in 300 steps: the plain stack gets the gradient to every layer \
+(loss 0.25); the residual stack gets the gradient to every layer (loss 0.257). More steps may help: \
+gradwatch demo --steps 1500.
+    """
+    either = learned(plain) or learned(residual)
+    text = "; ".join(_about(r, say_learned=either) for r in (plain, residual))
+    if not either:
+        text = f"neither network learned XOR in {max(plain.steps, residual.steps)} steps: {text}"
+    if not learned(residual) and not residual.history.episodes("vanishing"):
+        text += f". More steps may help: gradwatch demo --steps {max(1500, 5 * residual.steps)}"
+    return f"Diagnosis: {text}."
+
+
+def _about(result: XorResult, *, say_learned: bool) -> str:
+    """``the plain stack starves its layers and does not learn XOR (vanishing gradients since step 0, loss 0.25)``."""
+    vanishing = result.history.episodes("vanishing")
+    gradient = "starves its layers" if vanishing else "gets the gradient to every layer"
+    outcome = (" and learns XOR" if learned(result) else " and does not learn XOR") if say_learned else ""
+    facts = [f"vanishing gradients since step {vanishing[0].onset}"] if vanishing else []
+    facts.append(f"loss {fmt_number(result.loss)}")
+    return f"the {_name(result)} stack {gradient}{outcome} ({', '.join(facts)})"

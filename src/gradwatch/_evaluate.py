@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._actions import AmpState, is_persistent_overflow
+from ._actions import AmpState
 from ._advice import ModelTraits
 from ._rules import HostStats, RuleState, evaluate
 from ._stats import host_nonfinite_codes
@@ -72,7 +72,7 @@ class Evaluator:
         parts = r.layout.unpack(r.host_vec)
         stats = host_stats(r, self.names, parts)
         out = Evaluation(stats=stats, symptoms=[], onsets=[], histograms=parts.get("histograms"))
-        persistent = is_persistent_overflow(r.amp_overflow, r.amp_streak, self.amp.patience)
+        persistent = r.amp_overflow and r.amp_persistent  # decided at the step (gradwatch._actions.AmpState)
         if r.amp_overflow and not persistent:
             out.events.append(amp_event(r))  # the scaler's business: it skips this step; the rules do not see it
         else:

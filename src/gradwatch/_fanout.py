@@ -1,27 +1,25 @@
-"""Fan-out of an evaluated step: scalars, alerts, histograms and figures to the sinks; warnings and log lines.
+"""Fan-out of an evaluated step: scalars, episode alerts, histograms and figures to the sinks; the console's lines.
 
-A sink that fails (disk full, a closed writer) is reported once and dropped: training goes on. Every call to a sink
-goes through :meth:`Fanout.safe`.
+A sink that fails (disk full, a closed writer) is reported once (a :class:`~gradwatch.GradWatchWarning` at the
+user's line) and dropped: training goes on. Every call to a sink goes through :meth:`Fanout.safe`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
+from ._console import Console, set_verbosity
 from ._dashboard import DashboardLogger
-from ._errors import GradWatchWarning
+from ._episodes import QUIET_KINDS, Changes, EpisodeEvent, EpisodeTracker
+from ._errors import warn_user
 from ._evaluate import Evaluation
+from ._history import claim_history
+from ._hooks.probe import ACTIVATION_KINDS
 from ._sinks import Sink
 from ._step import Record, step_scalars
-from ._symptoms import Symptom
 
 __all__ = ["SYMPTOM_KINDS", "Fanout", "step_values"]
-
-logger = logging.getLogger("gradwatch")
 
 #: The gradient rules' symptom kinds: counted (``gradwatch/symptoms/<kind>``) on every logged step.
 SYMPTOM_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike")
@@ -46,81 +44,98 @@ def step_values(r: Record, ev: Evaluation, tags: list[str], kinds: Sequence[str]
     return scalars
 
 
-def alerts_of(ev: Evaluation) -> list[Symptom]:
-    """What a step writes as alerts: every non-finite symptom, and the other symptoms when they start."""
-    onset_ids = {id(s) for s in ev.onsets}
-    return [s for s in ev.symptoms if s.kind == "nonfinite" or id(s) in onset_ids]
-
-
 class Fanout:
-    """The sinks of one watcher, the dashboard's extra outputs, and what is said on the console."""
+    """The sinks of one watcher, the dashboard's extra outputs, and what is said on the console.
+
+    Every evaluated step's symptoms go through one :class:`~gradwatch._episodes.EpisodeTracker`; the sinks' alerts
+    (one per episode start and end) and the console's lines (:class:`~gradwatch._console.Console`) are rendered from
+    its episodes.
+
+    Args:
+        on_nonfinite, on_spike: ``"ignore"`` keeps the kind off the console (it stays in the summary and the logs).
+        speaks: ``False`` on the ranks other than zero: one console per job, not one per rank.
+        verbose: the adapters' ``verbose=`` (:func:`gradwatch._console.set_verbosity`); ``None`` leaves the
+            ``gradwatch`` logger's level as it is (``INFO`` unless set).
+    """
 
     def __init__(self, sinks: Sequence[Sink], dashboard: DashboardLogger, *, on_nonfinite: str, on_spike: str,
-                 speaks: bool = True) -> None:
+                 speaks: bool = True, verbose: bool | int | None = None) -> None:
         self.sinks: list[Sink] = list(sinks)
         self.dashboard = dashboard
         self.on_nonfinite = on_nonfinite
         self.on_spike = on_spike
-        self.speaks = speaks  # False on the ranks other than zero: one warning per job, not one per rank
+        self.speaks = speaks
+        self.episodes = EpisodeTracker()
+        self._shared = False  # whether the watcher's history reads these episodes (SymptomHistory.share)
+        actions = (("nonfinite", "on_nonfinite", on_nonfinite), ("spike", "on_spike", on_spike))
+        self.console = Console(silent=[*QUIET_KINDS, *(kind for kind, _, action in actions if action == "ignore")],
+                               notes={kind: f"The step was skipped ({option}='skip')."
+                                      for kind, option, action in actions if action == "skip"})
+        self._changes: Changes | None = None
+        if speaks:
+            set_verbosity(verbose)
 
     def write(self, r: Record, ev: Evaluation, scalars: dict[str, float]) -> None:
-        """Write one evaluated step to every sink."""
-        alerts = alerts_of(ev)
+        """Write one evaluated step to every sink: its scalars, and the episodes that start or end at it."""
+        self._changes = changes = self._observe(r, ev)
+        events = changes.events()
         for sink in list(self.sinks):  # a copy: a failing sink removes itself
             self.safe(sink, "write_scalars", r.step, scalars)
-            if alerts:
-                self.safe(sink, "write_alerts", r.step, alerts)
+            if events:
+                self._write_events(sink, r.step, events)
         self.dashboard.host_part(r.step, ev.histograms, ev.stats, ev.symptoms, scalars, list(self.sinks), self.safe)
+
+    def _observe(self, r: Record, ev: Evaluation) -> Changes:
+        """The step's symptoms (and events) into the episodes. A logged step is conclusive (the weight rules run on
+        those only). Not evaluated, so neither holding nor ending: the activation kinds on a step the probe did not
+        sample (no probe scalars); every other kind on a step with non-finite gradients."""
+        observed = [*ev.events, *ev.symptoms]  # as the watcher gives them to its history
+        if not self._shared and not self.episodes.episodes():
+            history = claim_history(observed)
+            if history is not None:
+                history.share(self.episodes)
+                self._shared = True
+        if any(s.kind == "nonfinite" for s in ev.symptoms):  # the other rules cannot judge NaN: they stay as they were
+            unobserved: Collection[str] = {*self.episodes.open} - {"nonfinite"}
+        else:
+            unobserved = () if ev.probe_scalars else ACTIVATION_KINDS
+        return self.episodes.observe(observed, r.step, conclusive=r.logged, unobserved=unobserved)
+
+    def _write_events(self, sink: Sink, step: int, events: Sequence[EpisodeEvent]) -> None:
+        """Episode events to a sink that takes them, else the symptoms that start episodes (``write_alerts``)."""
+        if callable(getattr(sink, "write_episodes", None)):
+            self.safe(sink, "write_episodes", step, events)
+            return
+        alerts = [s for e in events for s in e.symptoms]
+        if alerts:
+            self.safe(sink, "write_alerts", step, alerts)
 
     def flush(self) -> None:
         for s in list(self.sinks):
             self.safe(s, "flush")
 
     def close(self) -> None:
-        for s in list(self.sinks):
-            self.safe(s, "close")
+        """Write the episodes still open (with their last step), then close every sink."""
+        open_events = self.episodes.closing()
+        for sink in list(self.sinks):
+            if open_events and callable(getattr(sink, "write_episodes", None)):
+                self.safe(sink, "write_episodes", max(e.step for e in open_events), open_events)
+            self.safe(sink, "close")
 
     def safe(self, sink: Sink, method: str, *args: Any) -> None:
-        """Call ``sink.method(*args)``; a sink that fails is reported once and dropped."""
+        """Call ``sink.method(*args)``; a sink that fails is reported once (a warning at your line) and dropped."""
         try:
             getattr(sink, method)(*args)
         except Exception as exc:  # a diagnostics sink must never stop training
             if method == "close":
                 return
-            warnings.warn(f"gradwatch: sink {sink!r} failed in {method} ({exc!r}); it is disabled from now on.",
-                          GradWatchWarning, stacklevel=3)
+            warn_user(f"gradwatch: sink {sink!r} failed in {method} ({exc!r}); it is disabled from now on.")
             if sink in self.sinks:
                 self.sinks.remove(sink)
 
     def announce(self, step: int, ev: Evaluation) -> None:
-        """Warnings for spikes and non-finite gradients, one log line per kind of symptom that starts."""
-        if not self.speaks:
+        """The console's lines for the step :meth:`write` just took (see :mod:`gradwatch._console`)."""
+        changes, self._changes = self._changes, None
+        if not self.speaks or changes is None or changes.step != step:
             return
-        spikes = self._warn_spikes(ev.symptoms)
-        self._warn_nonfinite(step, [s for s in ev.symptoms if s.kind == "nonfinite"])
-        by_kind: dict[str, list[Symptom]] = {}
-        for s in ev.onsets:
-            if s.kind != "nonfinite" and not (s.kind == "spike" and spikes):  # warned about above, every one of them
-                by_kind.setdefault(s.kind, []).append(s)
-        for kind, group in by_kind.items():
-            if len(group) == 1:
-                logger.warning("gradwatch: %s", group[0].message)
-            else:  # one message per kind and step: the first layer's full text, the others by name
-                names = ", ".join(s.layer or "(model)" for s in group[1:])
-                logger.warning("gradwatch: %s Also %s at: %s.", group[0].message, kind, names)
-
-    def _warn_spikes(self, symptoms: Sequence[Symptom]) -> bool:
-        """A warning for every spike (unless ``on_spike="ignore"``); whether there was one."""
-        spikes = [s for s in symptoms if s.kind == "spike"] if self.on_spike != "ignore" else []
-        for s in spikes:
-            action = " The step was skipped." if self.on_spike == "skip" else ""
-            warnings.warn(f"gradwatch: {s.message}{action}", GradWatchWarning, stacklevel=5)
-        return bool(spikes)
-
-    def _warn_nonfinite(self, step: int, nonfinite: list[Symptom]) -> None:
-        if not nonfinite or self.on_nonfinite not in ("warn", "skip"):
-            return
-        what = ", ".join(f"{s.layer} ({'NaN' if math.isnan(s.value) else 'Inf'})" for s in nonfinite)
-        action = " The step was skipped." if self.on_nonfinite == "skip" else ""
-        warnings.warn(f"gradwatch: non-finite gradients at step {step} in {what}.{action} "
-                      f"{nonfinite[0].explanation}", GradWatchWarning, stacklevel=5)
+        self.console.speak(changes)

@@ -1,15 +1,28 @@
-"""A compact record of every symptom seen: counts, first and last step per (kind, layer)."""
+"""A compact record of every symptom seen: its episodes (:mod:`gradwatch._episodes`), and counts, first and last step
+per (kind, layer); ``watcher.summary()`` renders the episodes.
+
+One watcher's history and its fan-out (:mod:`gradwatch._fanout`) read the same episodes: the fan-out builds them (it
+knows which steps are logged and which kinds were sampled) and hands its tracker to the history with
+:meth:`SymptomHistory.share`. The watcher gives both the same step's symptoms, the history first; the fan-out finds
+the history that was just given exactly those symptom objects (:func:`claim_history`) and shares its tracker with it.
+Until then, and for a history used on its own, the history builds its own episodes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from typing import Any
 
+from ._episodes import Episode, EpisodeTracker, advice_lines, episode_table, plural
 from ._errors import ConfigurationError
 from ._symptoms import Symptom
 
-__all__ = ["ClipTally", "SymptomHistory", "SymptomSummary"]
+__all__ = ["ClipTally", "SymptomHistory", "SymptomSummary", "claim_history"]
+
+_LAST = threading.local()  # .entry: (weakref to the history last extended in this thread, ids of its symptoms)
 
 
 @dataclass
@@ -32,19 +45,30 @@ class SymptomSummary:
 
 
 class SymptomHistory:
-    """Accumulates symptoms as they come; memory grows with distinct (kind, layer) pairs, not with steps.
+    """Accumulates symptoms as they come, one call per evaluated step: their episodes, and per (kind, layer) a count;
+    memory grows with the episodes and the distinct (kind, layer) pairs, not with steps.
 
     Examples:
         >>> h = SymptomHistory()
-        >>> h.extend([Symptom("vanishing", "fc", 3, 1e-9, 1e-7, "warning", "...")])
-        >>> h.summaries()[0].first_step
-        3
+        >>> h.extend([Symptom("vanishing", "fc", 3, 1e-9, 1e-7, "warning", "...", since=0)])
+        >>> h.summaries()[0].first_step, h.episodes()[0].onset
+        (3, 0)
     """
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str | None], SymptomSummary] = {}
+        self._own = EpisodeTracker()
+        self._shared: EpisodeTracker | None = None  # the fan-out's, once shared
+        self._pending: tuple[list[Symptom], int | None] | None = None  # the last step, until the fan-out claims it
 
-    def extend(self, symptoms: Iterable[Symptom]) -> None:
+    def extend(self, symptoms: Iterable[Symptom], step: int | None = None) -> None:
+        """One evaluated step's symptoms (every one holding at it; none for a healthy step, which ends the open
+        episodes). ``step``: the step's number; by default the symptoms' own, or the step after the last one seen."""
+        symptoms = list(symptoms)
+        self._observe_pending()
+        if self._shared is None:
+            self._pending = (symptoms, step)
+            _LAST.entry = (weakref.ref(self), tuple(map(id, symptoms)))
         for s in symptoms:
             key = (s.kind, s.layer)
             entry = self._by_key.get(key)
@@ -55,6 +79,32 @@ class SymptomHistory:
                 entry.last_step = max(entry.last_step, s.step)
                 entry.first_step = min(entry.first_step, s.step)
                 entry.message = s.message
+
+    def episodes(self, kind: str | None = None) -> list[Episode]:
+        """Every episode so far (closed and still open), in the order detected, optionally of one kind."""
+        return self.tracker.episodes(kind)
+
+    @property
+    def tracker(self) -> EpisodeTracker:
+        """Where the episodes are: the fan-out's tracker once shared, else this history's own."""
+        if self._shared is not None:
+            return self._shared
+        self._observe_pending()
+        return self._own
+
+    def share(self, tracker: EpisodeTracker) -> None:
+        """Read the episodes from ``tracker`` from now on (the fan-out feeds it); what this history holds (restored
+        from a checkpoint) moves into it first, if it is still empty."""
+        self._pending = None  # the step the fan-out is about to observe itself
+        if self._own.episodes() and not tracker.episodes():
+            tracker.load_state_dict(self._own.state_dict())
+        self._shared = tracker
+
+    def _observe_pending(self) -> None:
+        if self._pending is not None and self._shared is None:
+            symptoms, step = self._pending
+            self._pending = None
+            self._own.observe(symptoms, step)
 
     def summaries(self, kind: str | None = None) -> list[SymptomSummary]:
         """Summaries in the order first seen, optionally of one kind."""
@@ -79,7 +129,8 @@ class SymptomHistory:
             >>> restored.summaries() == h.summaries()
             True
         """
-        return {"summaries": [list(astuple(e)) for e in self._by_key.values()]}
+        return {"summaries": [list(astuple(e)) for e in self._by_key.values()],
+                "episodes": self.tracker.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, in place of what this history holds; symptoms seen from now on
@@ -89,13 +140,31 @@ class SymptomHistory:
             raise ConfigurationError(f"SymptomHistory.load_state_dict expects {{'summaries': [...]}} as state_dict() "
                                      f"returns, got {state!r:.120}.")
         entries = [_summary(row) for row in rows]
+        episodes = EpisodeTracker()
+        if "episodes" in state:
+            try:
+                episodes.load_state_dict(state["episodes"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise ConfigurationError(f"SymptomHistory.load_state_dict: the episodes are not as state_dict() "
+                                         f"returns them ({exc!r:.120}).") from None
+        else:  # a checkpoint of a gradwatch without episodes: one per (kind, layer), its end unknown
+            episodes.closed = [Episode(e.kind, "warning", [e.layer], e.first_step, e.first_step, e.last_step,
+                                       steps=e.count, evidence=e.first_message) for e in entries]
         self._by_key = {(e.kind, e.layer): e for e in entries}
+        self._pending = None
+        if self._shared is not None:
+            self._shared.load_state_dict(episodes.state_dict())
+        else:
+            self._own = episodes
 
     def format(self) -> str:
-        if not self._by_key:
+        """The episodes as a table (kind, layers, severity, onset, detection, last and end step, steps, peak), then
+        the likely cause and what to try for each kind."""
+        episodes = self.episodes()
+        if not episodes:
             return "gradwatch: no symptoms."
-        lines = ["gradwatch: symptoms by kind and layer", f"{'kind':<10} {'layer':<30} {'count':>7}  steps"]
-        lines += [str(e) for e in sorted(self._by_key.values(), key=lambda e: (e.kind, e.first_step))]
+        lines = [f"gradwatch: {plural(len(episodes), 'symptom episode')}", *episode_table(episodes)]
+        lines += [f"  advice ({kind}): {text}" for kind, text in advice_lines(episodes).items()]
         return "\n".join(lines)
 
 
@@ -113,6 +182,18 @@ def _summary(row: Any) -> SymptomSummary:
         raise ConfigurationError(f"SymptomHistory.load_state_dict: {row!r:.120} is not a summary "
                                  f"({', '.join(_SUMMARY_FIELDS)}).")
     return SymptomSummary(kind, layer, count, first, last, message, first_message)
+
+
+def claim_history(symptoms: Sequence[Symptom]) -> SymptomHistory | None:
+    """The history last extended in this thread, if it was given exactly these symptom objects (the watcher extends
+    its history with a step's symptoms right before its fan-out writes the same step); ``None`` otherwise."""
+    entry = getattr(_LAST, "entry", None)
+    _LAST.entry = None
+    if entry is None:
+        return None
+    ref, ids = entry
+    history = ref()
+    return history if history is not None and ids == tuple(map(id, symptoms)) else None
 
 
 @dataclass

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from torch import nn
 
-from ._errors import GradWatchWarning
+from ._errors import warn_user
 from ._layers import Layer, replaced_parameters
 
 __all__ = ["ReplacedCheck"]
@@ -38,8 +37,8 @@ class ReplacedCheck:
             paths = replaced_parameters(model, layer)
             if paths:
                 self._warned.add(layer.name)
-                warnings.warn(
+                warn_user(
                     f"gradwatch: layer '{layer.name}' now holds other parameters than when watch() was called "
                     f"({', '.join(paths)} replaced, by resize_token_embeddings() or a module swapped for a new one, "
                     "say). gradwatch still watches the old ones, which get no gradient: close this watcher and call "
-                    "gradwatch.watch() again once the model is final.", GradWatchWarning, stacklevel=6)
+                    "gradwatch.watch() again once the model is final.")

@@ -5,11 +5,12 @@ are separate; rendering is plain text (:func:`format_text`) or a rich table when
 (``gradwatch[report]``). Event files are read record by record with TensorBoard's own loader, which stops at the last
 complete record: a file cut mid-record by a crash still yields everything written before the cut.
 
-Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; which layers, when and why
-from the alert records under ``gradwatch/alerts`` (the JSON that :func:`gradwatch._sinks.alerts_markdown` writes beside
-the markdown, read by :func:`gradwatch._sinks.read_records`: the fields of each symptom, never its message's words);
-the depth order and layer sizes from ``gradwatch/layers``; the global norm and clipping from ``gradwatch/global/*`` and
-``gradwatch/clip/*``.
+Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; the episodes (which layers,
+from which step, until which, why) from the records under ``gradwatch/alerts`` (the JSON that
+:func:`gradwatch._sinks.episodes_markdown` writes beside the markdown when an episode starts, ends, or is still open at
+close, read by :func:`gradwatch._sinks.read_records`: the fields of each episode, never a message's words; the
+per-symptom records of older logs likewise); the depth order and layer sizes from ``gradwatch/layers``; the global
+norm and clipping from ``gradwatch/global/*`` and ``gradwatch/clip/*``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._dashboard import LAYERS_TAG, LayerInfo, parse_layers_markdown
+from ._episodes import COLUMNS, Episode, advice_lines, episode_table, fmt_number, group_layers, plural
 from ._sinks import ALERTS_TAG, read_records
-from ._symptoms import Symptom
+from ._symptoms import Symptom, json_float
 
 __all__ = [
     "NoRunsError",
@@ -54,7 +56,8 @@ class RunData:
     name: str
     path: str
     scalars: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> step -> value
-    alerts: list[Symptom] = field(default_factory=list)  # the symptoms of the gradwatch/alerts records
+    alerts: list[Symptom] = field(default_factory=list)  # symptoms of alerts written before episodes existed
+    episodes: dict[str, Episode] = field(default_factory=dict)  # by key: the latest record of each episode
     layers: list[LayerInfo] = field(default_factory=list)  # depth order, from gradwatch/layers
     tag_order: list[str] = field(default_factory=list)  # scalar tags in the order first written
     notes: list[str] = field(default_factory=list)  # truncated files and the like
@@ -65,7 +68,8 @@ class RunData:
 
     @property
     def has_gradwatch(self) -> bool:
-        return bool(self.alerts or self.layers or any(t.startswith("gradwatch/") for t in self.scalars))
+        return bool(self.alerts or self.episodes or self.layers
+                    or any(t.startswith("gradwatch/") for t in self.scalars))
 
     def layer_names(self) -> list[str]:
         """Layers in depth order: from the layers table, else in the order their grad_norm tags were first written."""
@@ -194,13 +198,24 @@ def _take_text(run: RunData, tag: str, text: str) -> None:
     if tag == ALERTS_TAG or tag.startswith(ALERTS_TAG + "/"):
         records = read_records(text)
         if records:
-            run.alerts.extend(_from_records(records))
+            _take_episodes(run, [r for r in records if "episode" in r])
+            run.alerts.extend(_from_records([r for r in records if "episode" not in r]))
         else:
             legacy = _legacy_alerts(text)
             run.legacy_alerts += len(legacy)
             run.alerts.extend(legacy)
     elif tag == LAYERS_TAG or tag.startswith(LAYERS_TAG + "/"):
         run.layers = parse_layers_markdown(text) or run.layers
+
+
+def _take_episodes(run: RunData, records: Sequence[Mapping[str, Any]]) -> None:
+    """Episode records (start, end, still open at close): the latest of each episode is kept."""
+    for record in records:
+        try:
+            episode = Episode.from_record(record)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        run.episodes[str(record["episode"])] = episode
 
 
 def _scalar(run: RunData, tag: str, step: int, v: float, seen: set[str]) -> None:
@@ -239,12 +254,14 @@ def diagnose(run: RunData) -> dict[str, Any]:
 
     Keys: ``name``, ``path``, ``gradwatch`` (whether any gradwatch tag was found), ``steps`` (first and last),
     ``logged_steps``, ``symptoms`` (per kind: steps with at least one, first and last such step, most layers at once),
-    ``layers`` (per kind and layer: alerts, severity, first and last step, first message), ``starved_layers`` (the
-    vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, trend, non-finite count),
+    ``episodes`` (one per symptom episode: kind, severity, ``where`` and ``layers`` at detection, ``later`` layers,
+    ``onset``, ``detected``, ``last`` and ``end`` step, ``steps``, ``peak``, cause and advice), ``starved_layers`` (the
+    vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, peak, trend, non-finite count),
     ``clipping``, ``advice`` (per kind), ``notes``.
 
-    Everything about an alert comes from its record's fields (:meth:`Symptom.to_record`): the onset from ``since``,
-    the advice from ``cause``, ``advice`` and ``origin_note``; never from the message's words.
+    Everything about an episode comes from its records' fields (:meth:`Episode.to_record
+    <gradwatch._episodes.Episode.to_record>`), never from a message's words. Runs written before episodes existed are
+    read from their symptom records: one episode per kind and layer.
 
     Examples:
         >>> run = RunData("r", "/tmp/r", scalars={"gradwatch/global/grad_norm": {0: 4.0, 10: 1.0}})
@@ -252,9 +269,9 @@ def diagnose(run: RunData) -> dict[str, Any]:
         'falling'
     """
     kinds = _symptom_spans(run)
+    episodes = run_episodes(run, kinds)
     order = {name: i for i, name in enumerate(run.layer_names())}
-    by_layer = sorted(_layer_entries(run.alerts, kinds).values(),
-                      key=lambda e: (e["kind"], order.get(e["layer"], len(order)), e["first_step"]))
+    starved = {x for e in episodes if e.kind == "vanishing" for x in e.named_layers}
     steps = sorted({s for t, vals in run.scalars.items() if t.startswith("gradwatch/") for s in vals})
     return {
         "name": run.name,
@@ -263,13 +280,52 @@ def diagnose(run: RunData) -> dict[str, Any]:
         "steps": [steps[0], steps[-1]] if steps else None,
         "logged_steps": len(run.scalars.get("gradwatch/global/grad_norm", {})),
         "symptoms": kinds,
-        "layers": by_layer,
-        "starved_layers": [e["layer"] for e in by_layer if e["kind"] == "vanishing" and e["layer"] is not None],
+        "episodes": [episode_json(e) for e in episodes],
+        "starved_layers": sorted(starved, key=lambda x: order.get(x, len(order))),
         "global_norm": _trend(run.series("gradwatch/global/grad_norm")),
         "clipping": _clipping(run),
-        "advice": _advice(run.alerts),
+        "advice": advice_lines(episodes, skip=_NO_ADVICE_LINE),
         "notes": list(run.notes),
     }
+
+
+def run_episodes(run: RunData, kinds: Mapping[str, Mapping[str, Any]] | None = None) -> list[Episode]:
+    """The run's episodes in the order detected: from their records; an episode whose run stopped before it ended
+    (a crash: no end record, no record at close) lasts while its kind was counted. Runs written before episodes
+    existed: one per kind and layer, from the symptom records."""
+    if not run.episodes:
+        return _legacy_episodes(run.alerts, kinds if kinds is not None else _symptom_spans(run))
+    out = []
+    for e in sorted(run.episodes.values(), key=lambda e: (e.detected, e.kind)):
+        out.append(_extend_open(run, e.copy()) if e.end is None else e)
+    return out
+
+
+def _extend_open(run: RunData, e: Episode) -> Episode:
+    """An open episode's last step (and end, when a count of zero says it) from ``gradwatch/symptoms/<kind>``."""
+    for step, count in run.series(_SYMPTOMS + e.kind):
+        if step <= e.last:
+            continue
+        if count <= 0:
+            break
+        e.last = step
+    return e
+
+
+def episode_json(e: Episode) -> dict[str, Any]:
+    """An episode as the report's JSON gives it (numbers rounded to 4 significant digits; NaN as ``"nan"``)."""
+    return {
+        "kind": e.kind, "severity": e.severity, "where": e.where, "layers": list(e.layers),
+        "later": [{"layer": x, "step": s} for x, s in e.later], "onset": e.onset, "detected": e.detected,
+        "last": e.last, "end": e.end, "steps": e.steps, "repeats": e.repeats, "peak": _rounded(e.peak),
+        "peak_step": e.peak_step, "evidence": e.evidence, "cause": e.cause, "advice": e.advice,
+        "origin_note": e.origin_note,
+    }
+
+
+def _rounded(x: float) -> float | str:
+    v = json_float(x)
+    return float(f"{v:.4g}") if isinstance(v, float) else v
 
 
 def _symptom_spans(run: RunData) -> dict[str, dict[str, Any]]:
@@ -281,12 +337,19 @@ def _symptom_spans(run: RunData) -> dict[str, dict[str, Any]]:
         kinds[tag[len(_SYMPTOMS):]] = {"steps": len(active), "first_step": active[0][0] if active else None,
                                        "last_step": active[-1][0] if active else None,
                                        "max_layers": int(max((v for _, v in active), default=0))}
-    for kind in sorted({a.kind for a in run.alerts}):
+    for kind in sorted({a.kind for a in run.alerts} | {e.kind for e in run.episodes.values()}):
         if kinds.get(kind, {}).get("steps", 0) == 0:
-            per_step = Counter(a.step for a in run.alerts if a.kind == kind)
-            kinds[kind] = {"steps": len(per_step), "first_step": min(per_step), "last_step": max(per_step),
-                           "max_layers": max(per_step.values())}
+            kinds[kind] = _alerted_span(run, kind)
     return kinds
+
+
+def _alerted_span(run: RunData, kind: str) -> dict[str, Any]:
+    """What the alerts of a kind say of its steps, when its counts do not."""
+    per_step = Counter(a.step for a in run.alerts if a.kind == kind)
+    for e in (e for e in run.episodes.values() if e.kind == kind):
+        per_step[e.detected] = max(per_step[e.detected], len(e.layers))
+    return {"steps": len(per_step), "first_step": min(per_step), "last_step": max(per_step),
+            "max_layers": max(per_step.values())}
 
 
 def _onset(a: Symptom) -> int:
@@ -297,48 +360,59 @@ def _onset(a: Symptom) -> int:
     return min(a.step, a.since)
 
 
-def _layer_entries(alerts: Sequence[Symptom], kinds: Mapping[str, Mapping[str, Any]]
-                   ) -> dict[tuple[str, str | None], dict[str, Any]]:
-    """One entry per (kind, layer): alerts, the worst severity, first and last step, the first message."""
-    layers: dict[tuple[str, str | None], dict[str, Any]] = {}
+def _legacy_episodes(alerts: Sequence[Symptom], kinds: Mapping[str, Mapping[str, Any]]) -> list[Episode]:
+    """Alerts written before episodes existed: one episode per (kind, layer), lasting while its kind was counted."""
+    by_key: dict[tuple[str, str | None], Episode] = {}
     for a in sorted(alerts, key=lambda a: a.step):
-        start = _onset(a)
-        entry = layers.setdefault((a.kind, a.layer), {
-            "kind": a.kind, "layer": a.layer, "severity": a.severity, "alerts": 0, "first_step": start,
-            "last_step": a.step, "message": a.message})
-        entry["first_step"] = min(entry["first_step"], start)
-        entry["alerts"] += 1
-        entry["last_step"] = max(entry["last_step"], a.step)
+        e = by_key.get((a.kind, a.layer))
+        if e is None:
+            by_key[(a.kind, a.layer)] = Episode(a.kind, a.severity, [a.layer], _onset(a), a.step, a.step, steps=0,
+                                                peak=a.value, peak_step=a.step, threshold=a.threshold,
+                                                evidence=a.evidence or a.message, cause=a.cause, advice=a.advice,
+                                                detail=a.detail, origin=a.origin, origin_note=a.origin_note)
+            e = by_key[(a.kind, a.layer)]
+        e.onset, e.last, e.steps = min(e.onset, _onset(a)), max(e.last, a.step), e.steps + 1
         if a.severity == "error":
-            entry["severity"] = "error"
-    for entry in layers.values():  # a sustained symptom is alerted once: it lasted while its kind was counted
-        last = kinds.get(entry["kind"], {}).get("last_step")
-        if entry["kind"] != "nonfinite" and last is not None:
-            entry["last_step"] = max(entry["last_step"], last)
-    return layers
-
-
-def _advice(alerts: Sequence[Symptom]) -> dict[str, str]:
-    """Per kind, the first alert's likely cause and what to try (with where a non-finite value first appeared)."""
-    advice: dict[str, str] = {}
-    for a in sorted(alerts, key=lambda a: a.step):
-        if a.remedy is not None and a.kind not in advice and a.kind not in _NO_ADVICE_LINE:
-            advice[a.kind] = " ".join(p for p in (a.remedy, a.origin_note) if p)
-    return advice
+            e.severity = "error"
+    for e in by_key.values():  # a sustained symptom is alerted once: it lasted while its kind was counted
+        last = kinds.get(e.kind, {}).get("last_step")
+        if e.kind != "nonfinite" and last is not None:
+            e.last = max(e.last, last)
+    return sorted(by_key.values(), key=lambda e: (e.detected, e.kind))
 
 
 def _trend(series: Sequence[tuple[int, float]]) -> dict[str, Any] | None:
+    """The global norm's course: the median of the last tenth of the logged values against the first tenth, the
+    peak, and the non-finite values; its ``trend`` in one word: ``went non-finite``, ``exploded`` (the peak or the
+    last tenth over 100x the first tenth), ``collapsed`` (the last tenth under 1/100 of the first), ``rising``,
+    ``falling`` (2x), ``steady``."""
     if not series:
         return None
-    finite = [v for _, v in series if math.isfinite(v)]
-    out: dict[str, Any] = {"first": series[0][1], "last": series[-1][1], "nonfinite": len(series) - len(finite)}
+    finite = [(s, v) for s, v in series if math.isfinite(v)]
+    bad = [s for s, v in series if not math.isfinite(v)]
+    out: dict[str, Any] = {"first": series[0][1], "last": series[-1][1], "nonfinite": len(bad),
+                           "first_nonfinite_step": bad[0] if bad else None, "trend": "went non-finite"}
     if finite:
-        k = max(1, len(finite) // 10)
-        head, tail = statistics.median(finite[:k]), statistics.median(finite[-k:])
+        values = [v for _, v in finite]
+        k = max(1, len(values) // 10)
+        head, tail = statistics.median(values[:k]), statistics.median(values[-k:])
         ratio = tail / head if head > 0 else math.inf if tail > 0 else 1.0
-        out.update(min=min(finite), max=max(finite), median=statistics.median(finite), start_to_end=ratio,
-                   trend="rising" if ratio > 2 else "falling" if ratio < 0.5 else "steady")
-    return _finite_json(out)
+        peak_step, peak = max(finite, key=lambda sv: sv[1])
+        out.update(min=min(values), max=peak, peak_step=peak_step, median=statistics.median(values),
+                   start=head, end=tail, start_to_end=ratio, trend=_trend_word(head, tail, peak, bool(bad)))
+    return {k: _rounded(v) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _trend_word(head: float, tail: float, peak: float, nonfinite: bool) -> str:
+    if nonfinite:
+        return "went non-finite"
+    if (head > 0 and (peak > 100 * head or tail > 100 * head)) or (head == 0 < tail):
+        return "exploded"
+    if tail < head / 100:
+        return "collapsed"
+    if tail > 2 * head:
+        return "rising"
+    return "falling" if tail < head / 2 else "steady"
 
 
 def _clipping(run: RunData) -> dict[str, Any] | None:
@@ -415,7 +489,22 @@ def _flow_step(run: RunData, names: Sequence[str], step: int | None) -> int:
 
 
 def _flagged(run: RunData, at: int) -> dict[str, str]:
-    """Layer -> kind of the alerts whose episode still holds at step ``at`` (a non-finite one only at its step)."""
+    """Layer -> kind of the episodes that hold at step ``at`` (from detection to their last step; a layer that joined
+    later from its step on); for runs written before episodes existed, the alerts (a non-finite one only at its step).
+    """
+    if not run.episodes:
+        return _flagged_alerts(run, at)
+    flagged: dict[str, str] = {}
+    for e in run_episodes(run):
+        if not e.detected <= at <= e.last:
+            continue
+        for layer in [*e.layers, *(x for x, s in e.later if s <= at)]:
+            if layer is not None and (layer not in flagged or e.kind == "nonfinite"):
+                flagged[layer] = e.kind
+    return flagged
+
+
+def _flagged_alerts(run: RunData, at: int) -> dict[str, str]:
     flagged: dict[str, str] = {}
     for a in run.alerts:
         if a.layer is None or a.step > at:
@@ -435,26 +524,40 @@ def _holds(run: RunData, a: Symptom, at: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
-def _span(first: int | None, last: int | None) -> str:
-    if first is None:
-        return "-"
-    return f"step {first}" if first == last else f"steps {first}-{last}"
+def _episodes_of(r: Mapping[str, Any]) -> list[Episode]:
+    """The episodes of a :func:`diagnose` report, back as :class:`Episode` objects (for the table)."""
+    out = []
+    for j in r["episodes"]:
+        e = Episode(j["kind"], j["severity"], list(j["layers"]), j["onset"], j["detected"], j["last"], end=j["end"],
+                    steps=j["steps"], peak=float(j["peak"]), peak_step=j["peak_step"], evidence=j["evidence"],
+                    cause=j["cause"], advice=j["advice"], origin_note=j["origin_note"],
+                    later=[(x["layer"], x["step"]) for x in j["later"]], repeats=j["repeats"])
+        out.append(e)
+    return out
+
+
+def _norm_line(g: Mapping[str, Any]) -> str:
+    """The global norm's course in one honest line."""
+    if "median" not in g:
+        return f"global grad norm: every logged value is non-finite ({g['nonfinite']})"
+    course = (f"from {fmt_number(g['start'])} to {fmt_number(g['end'])} (median of the first and the last tenth of "
+              f"the logged steps); peak {fmt_number(g['max'])} at step {g['peak_step']}")
+    if g["trend"] == "went non-finite":
+        return (f"global grad norm: went non-finite at step {g['first_nonfinite_step']} ({g['nonfinite']} of the "
+                f"logged values); the finite ones went {course}")
+    return f"global grad norm: {g['trend']}, {course}"
 
 
 def _summary_lines(r: Mapping[str, Any]) -> list[str]:
     lines = []
     g = r["global_norm"]
     if g is not None:
-        if "median" in g:
-            lines.append(f"global grad norm: {g['trend']} (x{g['start_to_end']:.3g} from the first to the last tenth "
-                         f"of the logged steps; median {g['median']:.3g}, range {g['min']:.3g}-{g['max']:.3g}"
-                         + (f"; {g['nonfinite']} non-finite" if g["nonfinite"] else "") + ")")
-        else:
-            lines.append(f"global grad norm: every logged value is non-finite ({g['nonfinite']})")
+        lines.append(_norm_line(g))
     c = r["clipping"]
     if c is not None:
         lines.append(f"clipping: acted on {c['acted']} of {c['of_steps']} logged steps ({100 * c['fraction']:.0f}%)"
-                     + (f", threshold {c['last_threshold']:.3g}" if isinstance(c["last_threshold"], float) else ""))
+                     + (f", threshold {fmt_number(c['last_threshold'])}" if isinstance(c["last_threshold"], float)
+                        else ""))
     elif r["logged_steps"]:
         lines.append("clipping: none")
     if r["starved_layers"]:
@@ -473,11 +576,20 @@ def _header(r: Mapping[str, Any]) -> str:
 def _verdict(r: Mapping[str, Any]) -> str:
     if not r["gradwatch"]:
         return "no gradwatch tags in this run (was it written by gradwatch.watch or GradWatchCallback?)"
-    active = {k: v for k, v in r["symptoms"].items() if v["steps"] > 0}
-    if not active:
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    for e in r["episodes"]:
+        by_kind.setdefault(e["kind"], []).append(e)
+    for kind, v in r["symptoms"].items():  # a kind counted but never alerted (alerts cut off)
+        if v["steps"] > 0 and kind not in by_kind:
+            by_kind[kind] = [{"onset": v["first_step"]}]
+    if not by_kind:
         return "no symptoms: the gradient reached every watched layer and stayed finite."
-    return "symptoms: " + ", ".join(f"{k} on {v['steps']} step(s), {_span(v['first_step'], v['last_step'])}"
-                                     for k, v in active.items())
+    parts = []
+    for kind, group in by_kind.items():
+        counted = r["symptoms"].get(kind, {}).get("steps", 0)
+        parts.append(f"{kind} since step {min(e['onset'] for e in group)} ({plural(len(group), 'episode')}"
+                     + (f", on {plural(counted, 'step')})" if counted else ")"))
+    return "symptoms: " + ", ".join(parts)
 
 
 def format_text(reports: Sequence[Mapping[str, Any]]) -> str:
@@ -492,13 +604,8 @@ def format_text(reports: Sequence[Mapping[str, Any]]) -> str:
     for r in reports:
         out.append(_header(r))
         out.append("  " + _verdict(r))
-        if r["layers"]:
-            rows = [(e["kind"], e["layer"] or "(model)", e["severity"], str(e["alerts"]),
-                     _span(e["first_step"], e["last_step"])) for e in r["layers"]]
-            head = ("kind", "layer", "severity", "alerts", "steps")
-            widths = [max(len(x[i]) for x in [head, *rows]) for i in range(5)]
-            for row in [head, *rows]:
-                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if r["episodes"]:
+            out += episode_table(_episodes_of(r))
         out += ["  " + line for line in _summary_lines(r)]
         out.append("")
     return "\n".join(out).rstrip()
@@ -514,13 +621,17 @@ def print_rich(reports: Sequence[Mapping[str, Any]], file: Any = None) -> None:
     for r in reports:
         console.rule(f"[bold]{_header(r)}")
         console.print(_verdict(r), markup=False)
-        if r["layers"]:
+        if r["episodes"]:
             table = Table(show_header=True, header_style="bold")
-            for col in ("kind", "layer", "severity", "alerts", "steps"):
-                table.add_column(col, justify="right" if col == "alerts" else "left")
-            for e in r["layers"]:
-                table.add_row(f"[{colors.get(e['kind'], 'white')}]{e['kind']}[/]", e["layer"] or "(model)",
-                              e["severity"], str(e["alerts"]), _span(e["first_step"], e["last_step"]))
+            for col in COLUMNS:
+                table.add_column(col, justify="right" if col in ("since", "detected", "last", "steps") else "left")
+            for e in _episodes_of(r):
+                row = e.row()
+                table.add_row(f"[{colors.get(e.kind, 'white')}]{row['kind']}[/]",
+                              *(row[c] for c in COLUMNS[1:]))
+                if e.later:
+                    table.add_row("", f"later: {group_layers([x for x, _ in e.later])} from step {e.later[0][1]}",
+                                  *([""] * (len(COLUMNS) - 2)))
             console.print(table)
         for line in _summary_lines(r):
             console.print(line, markup=False)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from . import _tb_crc
+from ._episodes import EpisodeEvent, fmt_number, plural
 from ._symptoms import Symptom
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Sink",
     "TensorBoardSink",
     "alerts_markdown",
+    "episodes_markdown",
     "read_records",
     "records_comment",
 ]
@@ -42,7 +44,9 @@ class Sink(Protocol):
 
     Optional methods, called only on sinks that define them (see :mod:`gradwatch._dashboard`):
     ``write_run_info(step, info: RunInfo)`` once per run, ``write_histograms(step, {tag: Histogram})`` on histogram
-    steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps.
+    steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps, and
+    ``write_episodes(step, events)``: the symptom episodes (:mod:`gradwatch._episodes`) that start or end at ``step``,
+    and those still open when the run closes; a sink that defines it receives them instead of ``write_alerts``.
 
     Examples:
         >>> import torch, gradwatch
@@ -65,7 +69,7 @@ class Sink(Protocol):
         """Scalars of one step, keyed by tag (``gradwatch/grad_norm/<layer>``...)."""
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
-        """Symptoms that start at this step."""
+        """The symptoms of the episodes that start at this step (a NaN in 41 layers: 41 symptoms, once)."""
 
     def flush(self) -> None:
         """Make everything written so far durable."""
@@ -79,7 +83,8 @@ class MemorySink:
 
     Attributes:
         scalars: ``tag -> [(step, value), ...]``.
-        alerts: every alerted symptom, in order.
+        alerts: the symptoms that started an episode, in order.
+        episodes: every episode event (start, end, still open at close), in order.
 
     Examples:
         >>> sink = MemorySink()
@@ -91,6 +96,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.alerts: list[Symptom] = []
+        self.episodes: list[EpisodeEvent] = []
         self.run_info: Any = None
         self.histograms: dict[str, list[tuple[int, Any]]] = defaultdict(list)
         self.images: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
@@ -103,6 +109,10 @@ class MemorySink:
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
         self.alerts.extend(symptoms)
+
+    def write_episodes(self, step: int, events: Sequence[EpisodeEvent]) -> None:
+        self.episodes.extend(events)
+        self.alerts.extend(s for e in events for s in e.symptoms)
 
     def write_run_info(self, step: int, info: Any) -> None:
         self.run_info = info
@@ -145,13 +155,55 @@ def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
     return "\n".join(lines) + "\n\n" + records_comment(symptoms)
 
 
+def episodes_markdown(events: Sequence[EpisodeEvent]) -> str:
+    """The text written under ``gradwatch/alerts`` for episode events: one markdown list item per episode that
+    starts, ends, or is still open when the run closes, then their records (:meth:`Episode.to_record
+    <gradwatch._episodes.Episode.to_record>`) in an HTML comment (:func:`read_records`).
+
+    Examples:
+        >>> from gradwatch import Symptom
+        >>> from gradwatch._episodes import EpisodeTracker
+        >>> t = EpisodeTracker()
+        >>> nan = [Symptom.described("nonfinite", f"conv.{i}", 7, float("nan"), 0.0, "error", since=7,
+        ...        evidence="NaN.", cause="a bad batch", advice="a check of the data") for i in range(3)]
+        >>> start = t.observe(nan, 7).events()
+        >>> print(episodes_markdown(start).partition(RECORDS_MARKER)[0].rstrip())
+        - **nonfinite** (error) in conv.0–2 (3 layers), since step 7: NaN in the gradients of 3 layers at step 7. \
+Likely cause: a bad batch. Try a check of the data.
+        >>> print(episodes_markdown(t.observe([], 8).events()).partition(RECORDS_MARKER)[0].rstrip())
+        - **nonfinite** (error) in conv.0–2 (3 layers), since step 7: ended at step 8 (seen on 1 step; peak NaN).
+        >>> [(r["episode"], r["state"], r["onset"], r["where"]) for r in read_records(episodes_markdown(start))]
+        [('nonfinite@7', 'start', 7, 'conv.0–2 (3 layers)')]
+    """
+    lines = []
+    for event in events:
+        e = event.episode
+        head = f"- **{e.kind}** ({e.severity}) {e.place}, since step {e.onset}"
+        if event.what == "start":
+            detected = f" (detected at step {e.detected})" if e.detected != e.onset else ""
+            note = f" {e.origin_note}" if e.origin_note else ""
+            lines.append(f"{head}{detected}: {e.message}{note}")
+        elif event.what == "end":
+            lines.append(f"{head}: ended at step {e.end} (seen on {plural(e.steps, 'step')}; peak "
+                         f"{fmt_number(e.peak)}).")
+        else:
+            lines.append(f"{head}: still holding at step {e.last} when the run closed (seen on "
+                         f"{plural(e.steps, 'step')}; peak {fmt_number(e.peak)}).")
+    return "\n".join(lines) + "\n\n" + records_text([event.record() for event in events])
+
+
 def records_comment(symptoms: Sequence[Symptom]) -> str:
     """The symptoms' records as one HTML comment: :data:`RECORDS_MARKER`, a JSON list, :data:`RECORDS_END`.
 
     ``<`` and ``>`` inside the JSON's strings are written as ``\\u003c`` and ``\\u003e``, so no layer name or message
     can end the comment early.
     """
-    data = json.dumps([s.to_record() for s in symptoms], default=str)
+    return records_text([s.to_record() for s in symptoms])
+
+
+def records_text(records: Sequence[Mapping[str, Any]]) -> str:
+    """Records (JSON-ready dicts) as one HTML comment, as :func:`records_comment` writes them."""
+    data = json.dumps(list(records), default=str)
     return RECORDS_MARKER + data.replace("<", "\\u003c").replace(">", "\\u003e") + RECORDS_END
 
 
@@ -228,13 +280,21 @@ class TensorBoardSink:
         file_writer.add_event(self._scalars_event.event(scalars), step)
 
     def write_alerts(self, step: int, symptoms: Sequence[Symptom]) -> None:
-        if not symptoms:
-            return
+        if symptoms:
+            self._write_text(step, alerts_markdown(symptoms))
+
+    def write_episodes(self, step: int, events: Sequence[EpisodeEvent]) -> None:
+        """One text under ``gradwatch/alerts`` for the episodes that start or end at ``step`` (or are still open when
+        the run closes): :func:`episodes_markdown`."""
+        if events:
+            self._write_text(step, episodes_markdown(events))
+
+    def _write_text(self, step: int, text: str) -> None:
         file_writer = _file_writer(self.writer)
         if file_writer is None:
-            self.writer.add_text(ALERTS_TAG, alerts_markdown(symptoms), step)
+            self.writer.add_text(ALERTS_TAG, text, step)
         else:  # exactly under ALERTS_TAG (SummaryWriter.add_text would append "/text_summary")
-            file_writer.add_summary(text_summary(ALERTS_TAG, alerts_markdown(symptoms)), step)
+            file_writer.add_summary(text_summary(ALERTS_TAG, text), step)
 
     def write_run_info(self, step: int, info: Any) -> None:
         """The custom-scalars dashboard and the ``gradwatch/layers`` table, once per run."""

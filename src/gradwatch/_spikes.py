@@ -114,7 +114,7 @@ def _observe(b: Baseline, x: float, th: Thresholds) -> tuple[Baseline, float]:
 
 def _grad_spike(step: int, global_norm: float, z: float, before: Baseline, th: Thresholds) -> Symptom:
     level = max(before.mean + th.spike_z * (before.std + _EPS), th.spike_factor * before.mean)
-    evidence = (f"Gradient-norm spike at step {step}: global norm {global_norm:.3g} is {z:.1f} standard deviations "
+    evidence = (f"Gradient-norm spike at step {step}: global norm {global_norm:.3g} is {z:.3g} standard deviations "
                 f"above its running mean {before.mean:.3g} ({global_norm / before.mean:.0f}x).")
     return Symptom(
         kind="spike", layer=None, step=step, value=global_norm, threshold=level, severity="warning", since=step,
@@ -127,7 +127,7 @@ def _grad_spike(step: int, global_norm: float, z: float, before: Baseline, th: T
 
 def _loss_spike(step: int, loss: float, z: float, before: Baseline, margin: float, th: Thresholds) -> Symptom:
     level = before.mean + max(th.spike_z * (before.std + _EPS), margin)
-    evidence = (f"Loss spike at step {step}: loss {loss:.4g} is {z:.1f} standard deviations above its running mean "
+    evidence = (f"Loss spike at step {step}: loss {loss:.4g} is {z:.3g} standard deviations above its running mean "
                 f"{before.mean:.4g}.")
     return Symptom(
         kind="spike", layer=None, step=step, value=loss, threshold=level, severity="warning", since=step,

@@ -43,6 +43,8 @@ class Record:
     amp_overflow: bool = False  # ... which found Inf/NaN and skips the optimizer step itself
     amp_streak: int = 0  # consecutive overflow steps up to this one
     amp_overflows: int = 0  # overflow steps so far
+    amp_persistent: bool = False  # ... whose run is no longer the scaler's business (gradwatch._actions.AmpState)
+    amp_why: str = ""  # ... and why
     clipped_by_watcher: bool = False  # the watcher's clipper ran on this step (not on a non-finite step it drops)
 
     @property
@@ -174,8 +176,9 @@ def amp_event(r: Record) -> Symptom:
 def amp_persistent(s: Symptom, r: Record) -> Symptom:
     """A ``nonfinite`` symptom whose message says that the scaler's overflows are no longer transient."""
     scale = r.extra_values.get("gradwatch/amp/scale", math.nan)
-    note = (f"The fp16 GradScaler has found Inf/NaN for {r.amp_streak} consecutive steps (loss scale now {scale:g}): "
-            "this is not a transient overflow but a real numerical problem.")
+    why = f": {r.amp_why}" if r.amp_why else ""
+    note = (f"The fp16 GradScaler has found Inf/NaN for {r.amp_streak} consecutive steps (loss scale now {scale:g})"
+            f"{why}. This is not a transient overflow but a real numerical problem.")
     return dataclasses.replace(s, detail=note, since=r.step - r.amp_streak + 1,
                                message=compose_message(s.evidence or s.message, note, s.cause, s.advice))
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["LayerStats", "Severity", "Symptom", "SymptomKind", "compose_message", "remedy_text"]
+__all__ = ["LayerStats", "Severity", "Symptom", "SymptomKind", "compose_message", "json_float", "remedy_text"]
 
 SymptomKind = Literal["nonfinite", "vanishing", "exploding", "spike", "saturated", "dead"]
 Severity = Literal["warning", "error"]
@@ -163,8 +163,8 @@ class Symptom:
             "layer": self.layer,
             "step": int(self.step),
             "since": None if self.since is None else int(self.since),
-            "value": _json_float(self.value),
-            "threshold": _json_float(self.threshold),
+            "value": json_float(self.value),
+            "threshold": json_float(self.threshold),
             "severity": self.severity,
             "cause": self.cause,
             "advice": self.advice,
@@ -221,8 +221,13 @@ def compose_message(evidence: str, detail: str | None = None, cause: str | None 
     return " ".join(p for p in (evidence, detail, remedy_text(cause, advice)) if p)
 
 
-def _json_float(x: Any) -> float | str:
-    """``x`` as a JSON number; NaN and infinities (and anything that is no number) as a string."""
+def json_float(x: Any) -> float | str:
+    """``x`` as a JSON number; NaN and infinities (and anything that is no number) as a string.
+
+    Examples:
+        >>> json_float(2.5), json_float(float("nan")), json_float(float("-inf"))
+        (2.5, 'nan', '-inf')
+    """
     try:
         f = float(x)
     except (TypeError, ValueError):

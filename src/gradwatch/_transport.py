@@ -1,24 +1,32 @@
-"""Transport of packed step vectors to the host: pending records, transfers, unpacking.
+"""Transport of packed step vectors to the host, and their delivery there: pending records, transfers, unpacking;
+then evaluation, history, sinks.
 
 Steps queue their packed device vector here. :meth:`Transport.send` moves every step not yet on its way as one
-vector (one transfer per logged step): on the CPU it is there at once; on CUDA it is a non-blocking copy into pinned
-memory, read once its event says it has landed (the next step, usually), so that a step never waits for the device
-unless asked to (:meth:`Transport.resolve`).
+vector (one transfer per logged step): on the CPU it is there at once, and :meth:`Transport.process_ready` delivers it
+within the same ``step()``; on CUDA it is a non-blocking copy into pinned memory, read once its event says it has
+landed (the next step, usually), so that a step never waits for the device unless asked to
+(:meth:`Transport.resolve`). :class:`Delivery` is what happens to a step once on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ._step import Record
+from ._actions import tally_clip
+from ._evaluate import Evaluator
+from ._fanout import SYMPTOM_KINDS, Fanout, step_values
+from ._history import ClipTally, SymptomHistory
+from ._replaced import ReplacedCheck
+from ._step import Record, layer_tags
 
-__all__ = ["Transport"]
+__all__ = ["Delivery", "Transport"]
 
 
 @dataclass
@@ -69,6 +77,13 @@ class Transport:
                 t.event.synchronize()  # Intended host sync, only when waiting: the copy was queued a step or more ago.
             _distribute(t.records, t.buffer.numpy())
             self._transfers.pop(0)
+        self._process_landed()
+
+    def process_ready(self) -> None:
+        """Process the steps already on the host (on the CPU: the one just sent), in step order; wait for nothing."""
+        self._process_landed()
+
+    def _process_landed(self) -> None:
         while self.pending and self.pending[0].host_vec is not None:
             self._process(self.pending.pop(0))
 
@@ -86,6 +101,40 @@ class Transport:
 
     def clear(self) -> None:
         self._transfers.clear()
+
+
+class Delivery:
+    """A step once on the host: evaluated, recorded (history, clip tally), written to the sinks, said. Holds the model
+    weakly and nothing of the watcher, so that a watcher dropped unclosed can still deliver its last steps."""
+
+    def __init__(self, evaluate: Evaluator, fanout: Fanout, *, history: SymptomHistory, clip_tally: ClipTally | None,
+                 probe: Any, replaced: ReplacedCheck, names: Sequence[str], model: nn.Module, on_spike: str) -> None:
+        self.evaluate, self.fanout, self.history, self.clip_tally = evaluate, fanout, history, clip_tally
+        self.probe, self.replaced, self.on_spike = probe, replaced, on_spike
+        self.tags = layer_tags(names)  # made once: formatting them every logged step is not free
+        self.kinds = SYMPTOM_KINDS + (probe.kinds if probe is not None else ())
+        self.model: Callable[[], nn.Module | None] = weakref.ref(model)
+
+    def __call__(self, r: Record) -> None:
+        ev = self.evaluate(r)
+        r.stats, r.symptoms, r.host_vec = ev.stats, ev.symptoms, None
+        if self.on_spike != "skip":  # with on_spike="skip", step() counts the step once it knows it is not dropped
+            tally_clip(self.clip_tally, r)
+        self.history.extend([*ev.events, *ev.symptoms])
+        self.fanout.write(r, ev, step_values(r, ev, self.tags, self.kinds))
+        if ev.onsets:  # a symptom that starts reaches the disk at once: a crash right after it loses nothing
+            self.fanout.flush()
+        self.fanout.announce(r.step, ev)
+        model = self.model()
+        if r.logged and model is not None and self.fanout.speaks and not ev.stats.has_grad.all():
+            self.replaced.check(model, ev.stats.has_grad)
+
+    def release_model(self) -> None:
+        self.model = _no_model
+
+
+def _no_model() -> nn.Module | None:
+    return None
 
 
 def _distribute(records: list[Record], vec: np.ndarray) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -89,3 +90,62 @@ def is_integral(value: Any) -> bool:
 def _is_bool(value: Any) -> bool:
     # numpy's bool_ is no numbers.Integral, but say it explicitly: a flag is never a count or a threshold.
     return isinstance(value, bool) or type(value).__name__ == "bool_"
+
+
+def check_step_value(name: str, value: Any) -> None:
+    """A value of ``Watcher.step()`` (``loss``, ``loss_scale``): ``None``, a real number, or a real tensor of one
+    element (0-d or ``[1]``). Checked on its type and shape only: reading a device value would be a host sync.
+
+    Examples:
+        >>> import torch
+        >>> check_step_value("loss", torch.tensor(1.5)), check_step_value("loss", 2.0)
+        (None, None)
+        >>> check_step_value("loss", torch.ones(3))
+        Traceback (most recent call last):
+        ...
+        gradwatch._errors.ConfigurationError: loss=tensor of shape (3,) must be a number or a tensor of one element \
+(a 0-d tensor, such as loss.detach()): reduce it first (loss.mean(), loss.sum()).
+    """
+    if value is None or is_real(value):
+        return
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise ConfigurationError(f"{name}={value!r:.80} must be a number or a tensor of one element (got "
+                                 f"{type(value).__name__}).")
+    if value.numel() != 1:
+        raise ConfigurationError(f"{name}=tensor of shape {tuple(value.shape)} must be a number or a tensor of one "
+                                 f"element (a 0-d tensor, such as {name}.detach()): reduce it first ({name}.mean(), "
+                                 f"{name}.sum()).")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise ConfigurationError(f"{name}=tensor of dtype {value.dtype} must be a real number ({value.dtype} is "
+                                 "complex or boolean).")
+
+
+def check_log_dir(name: str, value: Any) -> None:
+    """A directory to write event files in: a non-empty path that is, or can be created as, a writable directory.
+    Only looks at the file system: nothing is created.
+
+    Examples:
+        >>> check_log_dir("log_dir", "")
+        Traceback (most recent call last):
+        ...
+        gradwatch._errors.ConfigurationError: log_dir='' is an empty path; pass a directory for the event files (or \
+leave log_dir=None to write none).
+    """
+    path = os.fsdecode(os.fspath(value))
+    if not path.strip():
+        raise ConfigurationError(f"{name}={value!r} is an empty path; pass a directory for the event files (or leave "
+                                 f"{name}=None to write none).")
+    full = os.path.abspath(path)
+    existing = full
+    while not os.path.exists(existing):  # the deepest part of the path that exists already
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing!r} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing!r} is not writable"
+    if problem is not None:
+        how = "" if existing == full else "cannot create it: "
+        raise ConfigurationError(f"{name}={path!r}: {how}{problem}.")

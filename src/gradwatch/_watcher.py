@@ -27,17 +27,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._actions import agreed_spike, drop_for_nonfinite, drop_gradients, nonfinite_error, tally_clip
-from ._assemble import assemble
+from ._assemble import assemble, guard
 from ._config import DistributedMode, HistogramOf, NonFiniteAction, SpikeAction, WatchConfig
 from ._errors import ConfigurationError, GradWatchError, GradWatchWarning
-from ._fanout import SYMPTOM_KINDS, step_values
-from ._history import ClipTally, SymptomHistory
+from ._history import ClipTally
 from ._hooks.probe import NanOrigin
 from ._sinks import Sink, TensorBoardSink
-from ._step import Record, StepReport, layer_tags
+from ._step import Record, StepReport
 from ._thresholds import Thresholds
-from ._transport import Transport
-from ._validate import check_int
+from ._validate import check_int, check_step_value
 from .clipping import Clipper
 
 __all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
@@ -47,7 +45,8 @@ class Watcher:
     """Watches a model's gradients: statistics, symptoms, clipping and actions. Create it with :func:`watch`.
 
     Call :meth:`step` once per optimizer step, after ``backward()`` (and after ``scaler.unscale_(optimizer)`` under
-    AMP), before ``optimizer.step()``.
+    AMP), before ``optimizer.step()``. Close it (or use it as a context manager); one dropped unclosed is released
+    when collected, with a ``ResourceWarning``.
 
     Examples:
         >>> import torch, gradwatch
@@ -70,23 +69,18 @@ class Watcher:
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}.")
         if config is not None and options:
             raise ConfigurationError(f"Pass a WatchConfig or options, not both (got {sorted(options)}).")
-        self.config = c = config if config is not None else WatchConfig(**options)
-        s = assemble(model, c, sinks)
-        self._layers, self._dist, self._probe, self._engine = s.layers, s.dist, s.probe, s.engine
-        self._measure, self._evaluate, self._fanout, self._replaced = s.measure, s.evaluate, s.fanout, s.replaced
-        self._amp, self._buffers = s.amp, s.buffers
-        self.layer_names: list[str] = [layer.name for layer in self._layers]
+        self.config = config if config is not None else WatchConfig(**options)
+        self._s = s = assemble(model, self.config, sinks)
+        self._layers, self._probe, self._transport = s.layers, s.probe, s.transport
+        self.layer_names: list[str] = [layer.name for layer in s.layers]
         self._model_ref: Callable[[], nn.Module | None] = weakref.ref(model)
-        self._transport = Transport(self._process)
-        self._tags = layer_tags(self.layer_names)  # made once: formatting them every logged step is not free
-        self.history = SymptomHistory()
+        self.history = s.history
         #: How often the clipper acted and the largest norm it held back (``None`` without a clipper).
-        self.clip_tally: ClipTally | None = ClipTally() if c.clipper is not None else None
+        self.clip_tally: ClipTally | None = s.clip_tally
         self._step = 0
         self._closed = False
-        self._cleanups: list[Any] = list(s.cleanups)  # handles (hooks) to remove on close
+        self._guard = guard(self, s)  # dropped unclosed: its steps written, its hooks removed (ResourceWarning)
         if self._probe is not None:
-            self.add_cleanup(self._probe)
             self._probe.prepare(self._step)
 
     # ------------------------------------------------------------------ public API
@@ -95,20 +89,21 @@ class Watcher:
     clipper = property(lambda self: self.config.clipper)
     on_nonfinite = property(lambda self: self.config.on_nonfinite)
     on_spike = property(lambda self: self.config.on_spike)
-    sinks = property(lambda self: self._fanout.sinks, doc="The sinks written to (a failing one is dropped).")
+    sinks = property(lambda self: self._s.fanout.sinks, doc="The sinks written to (a failing one is dropped).")
     steps_taken = property(lambda self: self._step, doc="Number of completed step() calls (the next step's number).")
     model = property(lambda self: self._model_ref(), doc="The watched model; None once collected or closed.")
-    distributed = property(lambda self: self._dist, doc="The cross-rank context with several processes, else None.")
+    distributed = property(lambda self: self._s.dist, doc="The cross-rank context with several processes, else None.")
     _pending = property(lambda self: self._transport.pending)
 
     @property
-    def amp_overflow_patience(self) -> int:
-        """Consecutive fp16 loss-scaler overflows after which they are ``nonfinite`` symptoms (see ``loss_scale``)."""
-        return self._amp.patience
+    def amp_overflow_patience(self) -> int | None:
+        """Consecutive fp16 loss-scaler overflows after which they are ``nonfinite`` symptoms whatever the scale;
+        ``None`` (default): judged by the scale alone (see ``watch(scaler=...)``)."""
+        return self._s.amp.patience
 
     @amp_overflow_patience.setter
-    def amp_overflow_patience(self, value: int) -> None:
-        self._amp.patience = check_int("amp_overflow_patience", value, minimum=1)
+    def amp_overflow_patience(self, value: int | None) -> None:
+        self._s.amp.patience = None if value is None else check_int("amp_overflow_patience", value, minimum=1)
 
     @property
     def log_dir(self) -> str | None:
@@ -126,16 +121,16 @@ class Watcher:
         """Measure this step's gradients, clip them, act on non-finite values, and log.
 
         Args:
-            loss: this step's loss (a tensor or a float), logged as ``gradwatch/loss``; read on the host only with
-                the rest of the step's values.
+            loss: this step's loss (a number, or a tensor of one element), logged as ``gradwatch/loss``; read on the
+                host only with the rest of the step's values.
             global_step: the step number to use (adapters pass the trainer's step); by default the watcher counts
                 its own calls. Logging happens when ``global_step % every_n_steps == 0``.
             loss_scale: the current scale of a dynamic loss scaler (fp16 AMP's ``GradScaler``), whose gradients were
-                unscaled before this call. Non-finite gradients are then the scaler's business (it skips the
-                optimizer step and lowers the scale): they are counted as an ``amp_overflow`` event
-                (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore the step, unless the
-                overflows go on for ``amp_overflow_patience`` consecutive steps; then they are ``nonfinite``
-                symptoms (and ``on_nonfinite`` acts).
+                unscaled before this call; by default that of ``watch(scaler=...)``, read at each step. Non-finite
+                gradients are then the scaler's business (it skips the optimizer step and lowers the scale): they are
+                an ``amp_overflow`` event (``gradwatch/amp/overflows``, ``gradwatch/amp/scale``) and the rules ignore
+                the step, until the scale stops falling (a scale of 1 or below, or overflows at which it did not go
+                down); then they are ``nonfinite`` symptoms (and ``on_nonfinite`` acts).
             reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
                 other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` (and ``on_spike="skip"``)
                 decide the same everywhere. Not needed when ``torch.distributed`` is initialised: the statistics, hence
@@ -144,92 +139,63 @@ class Watcher:
 
         Returns:
             The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
-            step free of host syncs (on CUDA).
+            step free of host syncs (on CUDA). On the CPU the step is evaluated and written within this call.
 
         Raises:
+            ConfigurationError: for an argument of the wrong kind, before anything is changed.
             NonFiniteGradientError: with ``on_nonfinite="raise"``, after the logs were flushed.
         """
         self._check_open()
-        if global_step is not None:
-            self._step = check_int("global_step", global_step, minimum=0)
-        step = self._step
-        self._transport.collect()
-        m = self._measure.start(step, logged=step % self.every_n_steps == 0)
+        step = self._checked_step(loss, global_step, loss_scale, reduce_flag)  # before any side effect
+        s, self._step = self._s, step
+        s.transport.collect()
+        m = s.measure.start(step, logged=step % self.every_n_steps == 0)
         record = Record(step=step, logged=m.logged, packed=None, has_grad=m.dev.has_grad, numel=m.dev.numel)
-        if loss_scale is not None:
-            self._amp.observe_step(record, m.dev.nonfinite)
-        bad = drop_for_nonfinite(self.on_nonfinite, record, m.dev, self._amp.patience, reduce_flag)
-        self._measure.finish(m, record, clip=not bad, loss=loss, loss_scale=loss_scale)
-        self._transport.queue(record)
+        scale = s.amp.observe_step(record, m.dev.nonfinite, loss_scale, self.config.scaler)
+        bad = drop_for_nonfinite(self.on_nonfinite, record, m.dev, reduce_flag)
+        s.measure.finish(m, record, clip=not bad, loss=loss, loss_scale=scale)
+        s.transport.queue(record)
         self._step += 1
         if self._probe is not None:
             self._probe.prepare(self._step)
         if bad:
             self._drop_nonfinite(record)
         elif record.logged or (record.packed is not None and record.packed.device.type == "cpu"):
-            self._transport.send()
+            s.transport.send()
+            s.transport.process_ready()  # on the CPU the step is on the host now: evaluated and written within step()
         if self.on_spike == "skip" and not bad:
-            self._transport.resolve(record)  # Intended host sync (on_spike="skip"): decided before optimizer.step()
+            s.transport.resolve(record)  # Intended host sync (on_spike="skip"): decided before optimizer.step()
             if agreed_spike(record, m.dev.total_norm, reduce_flag):
                 self._skip_step(record, "spike")
             else:
                 tally_clip(self.clip_tally, record)
-        if self._buffers is not None and not record.skipped:
-            self._buffers.save()  # a fused device copy: the state a later skipped step goes back to
-        return StepReport(record, self._transport.resolve)
+        if s.buffers is not None and not record.skipped:
+            s.buffers.save()  # a fused device copy: the state a later skipped step goes back to
+        return StepReport(record, s.transport.resolve)
 
     def flush(self) -> None:
         """Bring every pending step to the host, evaluate it, and flush the sinks."""
         self._transport.resolve_all()
-        self._fanout.flush()
+        self._s.fanout.flush()
 
     def close(self) -> None:
         """Flush, close what gradwatch opened, remove what it attached to the model, drop every reference to it."""
         if self._closed:
             return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            for handle in self._cleanups:
-                handle.remove()
-            self._cleanups.clear()
-            self._fanout.close()
-            self._engine.close()
-            self._layers.clear()  # in place: the measurement stage holds the same list
-            self._model_ref = _no_model
-            self._transport.clear()
+        self._closed = True
+        self._guard.detach()
+        self._model_ref = _no_model
+        self._s.release()
 
     def state_dict(self) -> dict[str, Any]:
         """Rule and clipper state (and the step counter), for checkpoints."""
-        self._transport.resolve_all()
-        clipper, probe, tally = self.clipper, self._probe, self.clip_tally
-        return {"version": 1, "step": self._step, "layers": list(self.layer_names),
-                "rules": self._evaluate.rules.state_dict(), "clipper": clipper.state_dict() if clipper else {},
-                **({"activations": probe.state_dict()} if probe is not None else {}), "amp": self._amp.state_dict(),
-                **({"clip_tally": tally.state_dict()} if tally is not None else {}),
-                "history": self.history.state_dict()}
+        return self._s.state_dict(self._step, self.layer_names)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output. The watched layers must be the same."""
-        if state.get("version") != 1:
-            raise ConfigurationError(f"Unknown gradwatch state version {state.get('version')!r}; expected 1.")
-        if list(state["layers"]) != self.layer_names:
-            raise ConfigurationError("The checkpoint's watched layers differ from this watcher's: "
-                                     f"{list(state['layers'])[:5]}... vs {self.layer_names[:5]}...")
-        self._transport.resolve_all()
-        if "history" in state:  # absent from older checkpoints; checked whole before anything changes
-            self.history.load_state_dict(state["history"])
-        self._step = int(state["step"])
-        self._evaluate.rules.load_state_dict(state["rules"])
-        if self.clipper is not None:
-            self.clipper.load_state_dict(dict(state["clipper"]))
-        if self._probe is not None and "activations" in state:
-            self._probe.load_state_dict(state["activations"])
-            self._probe.prepare(self._step)
-        if self.clip_tally is not None and "clip_tally" in state:  # absent from older checkpoints
-            self.clip_tally.load_state_dict(state["clip_tally"])
-        self._amp.load_state_dict(state.get("amp", {}))
+        """Restore :meth:`state_dict`'s output. The watched layers must be the same; a state that does not fit
+        (another length per layer, a clipper's state without a clipper, a damaged entry) raises
+        :class:`~gradwatch.ConfigurationError` naming what is wrong, and changes nothing."""
+        self._step = self._s.load_state_dict(state, self.layer_names)
 
     def summary(self) -> str:
         """A short table of every symptom seen so far: kind, layer, count, first and last step; with a clipper, a
@@ -256,12 +222,20 @@ class Watcher:
 
     def add_cleanup(self, handle: Any) -> None:
         """Register something with a ``remove()`` method (a hook handle) to be removed by :meth:`close`."""
-        self._cleanups.append(handle)
+        self._s.cleanups.append(handle)
 
     # ------------------------------------------------------------------ the stages' glue
     def _check_open(self) -> None:
         if self._closed:
             raise GradWatchError("This watcher is closed; create a new one with gradwatch.watch(model).")
+
+    def _checked_step(self, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any) -> int:
+        """The step's number; every argument checked (a ConfigurationError naming the bad one)."""
+        check_step_value("loss", loss)
+        check_step_value("loss_scale", loss_scale)
+        if reduce_flag is not None and not callable(reduce_flag):
+            raise ConfigurationError(f"reduce_flag={reduce_flag!r:.80} must be a function of a 0-d tensor, or None.")
+        return self._step if global_step is None else check_int("global_step", global_step, minimum=0)
 
     def _drop_nonfinite(self, record: Record) -> None:
         self._transport.resolve(record)
@@ -272,24 +246,11 @@ class Watcher:
 
     def _skip_step(self, record: Record, reason: str) -> None:
         model = self._model_ref()
-        drop_gradients(model.parameters() if model is not None else self._engine.params)
-        if self._buffers is not None:  # BatchNorm's running statistics as before this step's forward pass
-            self._buffers.restore()
+        drop_gradients(model.parameters() if model is not None else self._s.engine.params)
+        if self._s.buffers is not None:  # BatchNorm's running statistics as before this step's forward pass
+            self._s.buffers.restore()
         record.skipped, record.skip_reason = True, reason
 
-    def _process(self, r: Record) -> None:
-        """A step now on the host: evaluate, record, write, say."""
-        ev = self._evaluate(r)
-        r.stats, r.symptoms, r.host_vec = ev.stats, ev.symptoms, None
-        if self.on_spike != "skip":  # with on_spike="skip", step() counts the step once it knows it is not dropped
-            tally_clip(self.clip_tally, r)
-        self.history.extend([*ev.events, *ev.symptoms])
-        kinds = SYMPTOM_KINDS + (self._probe.kinds if self._probe is not None else ())
-        self._fanout.write(r, ev, step_values(r, ev, self._tags, kinds))
-        self._fanout.announce(r.step, ev)
-        model = self._model_ref()
-        if r.logged and model is not None and self._fanout.speaks and not ev.stats.has_grad.all():
-            self._replaced.check(model, ev.stats.has_grad)
 
 def _no_model() -> nn.Module | None:
     return None
@@ -315,6 +276,7 @@ def watch(
     nan_origin: NanOrigin | None = None,
     distributed: DistributedMode = "auto",
     optimizer: Optimizer | Sequence[Optimizer] | None = None,
+    scaler: Any = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -359,6 +321,11 @@ def watch(
             ``gradwatch/update_ratio/<layer>``), measured through the optimizer's step hooks. Exact and without a
             copy of the parameters for SGD, Adam and AdamW; any other optimizer costs a copy of its parameters
             during its step. Default ``None``: no ratio.
+        scaler: the dynamic loss scaler of fp16 mixed precision (a ``torch.amp.GradScaler``, or anything with
+            ``get_scale()``), whose scale the watcher reads at every step: its overflows are then its own business
+            (``amp_overflow`` events; no symptom, no warning, ``on_nonfinite`` does not act) while its scale keeps
+            falling, and ``nonfinite`` symptoms once it has stopped (a scale of 1 or below, or overflows at which it
+            did not go down). Call ``step()`` after ``scaler.unscale_(optimizer)``. A disabled scaler is ignored.
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.

@@ -18,7 +18,8 @@ FAIL_ON_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike"
 
 DEMO_HELP = """\
 Run the seed experiment: XOR through 10 hidden sigmoid layers of width 4, trained with SGD, against the same
-network with residual connections. gradwatch watches both, prints its diagnosis, and writes TensorBoard logs.
+network with residual connections. gradwatch watches both and writes TensorBoard logs; the demo prints what each
+network reached (final loss and outputs), the episodes gradwatch found, and a diagnosis that follows from both.
 
 examples:
   gradwatch demo
@@ -27,37 +28,39 @@ examples:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import describe, run_xor
+    from ._console import quiet
+    from ._demo import conclusion, describe, run_xor
+    from ._episodes import advice_lines
 
     root = os.fspath(args.log_dir)
     problem = _unwritable_dir(root, ("plain", "residual"))
     if problem is not None:
         print(f"gradwatch demo: cannot write the logs under --log-dir {root!r}: {problem}", file=sys.stderr)
         return 2
-    print("gradwatch demo: XOR, 10 hidden sigmoid layers of width 4, plain SGD (lr 1.0) on the MSE loss,\n"
-          f"without and with residual connections, {args.steps} steps each.\n")
+    print(f"gradwatch demo: XOR through 10 sigmoid layers of width 4, plain SGD (lr 1.0), {args.steps} steps, "
+          "without and with residual connections.")
     results = []
     for residual in (False, True):
         sub = os.path.join(root, "residual" if residual else "plain")
         try:
-            result = run_xor(residual=residual, steps=args.steps, seed=args.seed, log_dir=sub)
+            with quiet():  # the demo gives its own account of the episodes below
+                results.append(run_xor(residual=residual, steps=args.steps, seed=args.seed, log_dir=sub))
         except OSError as exc:  # the disk filled up, the directory went away or became read-only while it ran
             print(f"gradwatch demo: cannot write the logs under {sub!r}: {_os_reason(exc)}", file=sys.stderr)
             return 2
-        results.append(result)
-        print(describe(result))
-        print()
+        print(describe(results[-1]))
     plain, res = results
-    if plain.history.summaries("vanishing") and not res.history.summaries("vanishing"):
-        print("Diagnosis: the plain sigmoid stack starves its early layers (vanishing gradients), so it cannot learn "
-              "XOR;\nresidual connections carry the gradient through and it trains.")
-    print(f"\nTensorBoard logs written to {root}. Look at them with:\n\n    tensorboard --logdir {root}\n")
+    for kind, text in list(advice_lines([*plain.history.episodes(), *res.history.episodes()]).items())[:1]:
+        print(f"advice ({kind}): {text}")  # one: the demo prints at most 12 lines (gradwatch report gives them all)
+    print(conclusion(plain, res))
+    print(f"TensorBoard logs: tensorboard --logdir {root}")
     return 0
 
 
 REPORT_HELP = """\
 Read the TensorBoard event files under LOGDIR (every run found, or --run NAME) and print gradwatch's diagnosis:
-symptoms by kind and layer with their first and last step, the global-norm trend, how often clipping acted, the
+one row per symptom episode (its layers, the step its evidence began, the step it was detected, its last and end
+step, its peak), the global norm's course (collapsed, exploded, went non-finite...), how often clipping acted, the
 layers that starved, and the advice. Files cut mid-record (a crashed run) are read up to the cut.
 
 exit status:

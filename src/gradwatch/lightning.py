@@ -14,7 +14,7 @@ GradWatchCallback(clip=NormClip(max_norm=1.0, norm_type=2.0), on_nonfinite='skip
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -100,8 +100,10 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         layers: fnmatch glob(s) over layer names (qualified module names inside the LightningModule).
         sinks: more :class:`gradwatch.Sink` objects (written on global rank zero only).
         progress_bar: also show the global gradient norm (``grad_norm``) in the progress bar on logging steps.
-        amp_overflow_patience: under ``precision="16-mixed"``, this many consecutive GradScaler overflows are reported
-            as ``nonfinite`` symptoms; fewer are recorded as ``amp_overflow`` events only.
+        amp_overflow_patience: under ``precision="16-mixed"``, the Trainer's GradScaler is the watcher's ``scaler``:
+            its overflows are ``amp_overflow`` events while its scale keeps falling, ``nonfinite`` symptoms once it has
+            stopped (a scale of 1 or below, or overflows at which it did not go down). ``None`` (default): judged by
+            the scale alone; an int: also this many consecutive overflows are ``nonfinite`` symptoms.
         summary: print the symptom summary at the end of ``fit`` (global rank zero).
         on_spike: ``"warn"``, ``"skip"`` (a gradient-norm or loss spike's optimizer step changes nothing; decided
             identically on every rank) or ``"ignore"``, as in :func:`gradwatch.watch`. The loss is the training
@@ -136,7 +138,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         layers: str | Sequence[str] | None = None,
         sinks: Sequence[Sink] = (),
         progress_bar: bool = False,
-        amp_overflow_patience: int = 20,
+        amp_overflow_patience: int | None = None,
         summary: bool = True,
         on_spike: SpikeAction = "warn",
         histogram_every_n_steps: int | None = None,
@@ -214,7 +216,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         # names are the LightningModule's either way (wrapper prefixes are dropped).
         model = trainer.strategy.model if trainer.world_size > 1 and trainer.strategy.model is not None else pl_module
         config = self.config.replace(every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
-                                     optimizer=trainer_optimizers(trainer, model, self.config.layers))
+                                     optimizer=trainer_optimizers(trainer, model, self.config.layers),
+                                     scaler=grad_scaler(trainer))  # 16-mixed: the Trainer's GradScaler, else None
         self.watcher = Watcher(model, config if self._rank_zero else config.replace(sinks=()), sinks=sinks)
         self._active = True
         if self._pending_state is not None:
@@ -237,7 +240,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         scale: float | None = None
         scaler = grad_scaler(trainer)
         if scaler is not None:
-            scale = scaler.get_scale()  # Intended host sync: scaler.step() syncs on its Inf flags right after anyway.
+            # Intended host sync: scaler.step() syncs on its Inf flags right after anyway. Read once, for the loss and
+            # for the watcher (whose config holds the same scaler: passing the scale spares it a second read).
+            scale = scaler.get_scale()
             if loss is not None:
                 loss = loss / scale  # the hook saw the scaled loss
         # With a process group the watcher reduces its statistics across ranks: its decisions are agreed already.
@@ -288,6 +293,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         """Restore :meth:`state_dict`'s output now, or at ``setup`` if the watcher does not exist yet."""
         if not state_dict:
             return
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != 1:  # checked whole when it is loaded
+            raise ConfigurationError(f"GradWatchCallback.load_state_dict: state={state_dict!r:.80} is not a gradwatch "
+                                     "checkpoint (what GradWatchCallback.state_dict() returned).")
         if self.watcher is not None and self._active:
             self.watcher.load_state_dict(state_dict)
         else:

@@ -18,7 +18,6 @@ Costs and how they are kept down:
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import ConfigurationError, GradWatchWarning
+from .._errors import ConfigurationError, warn_user
 from .._globs import match_globs
 from .._layers import ROOT_LAYER, is_floating, unwrap_model
 from .._rules import HostStats
@@ -179,10 +178,9 @@ class ActivationProbe:
         self.enabled = any(selected) or self.nan_origin != "off"
         if self.enabled and _is_compiled(model, root):
 
-            warnings.warn("gradwatch: activations and nan_origin are switched off for a torch.compile'd model "
+            warn_user("gradwatch: activations and nan_origin are switched off for a torch.compile'd model "
                           "(hooks would force graph breaks and recompilations); the gradient statistics still work. "
-                          "Watch the model before compiling it to keep hooks out of compiled code.",
-                          GradWatchWarning, stacklevel=4)
+                          "Watch the model before compiling it to keep hooks out of compiled code.")
             self.enabled = False
         self._state = rules.ActivationState()
         self._handles: list[Any] = []
@@ -385,9 +383,9 @@ class ActivationProbe:
         if (self._compiling_seen or self._silent >= 3) and not self._compile_warned:
             self._compile_warned = True
 
-            warnings.warn("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
+            warn_user("gradwatch: activations and nan_origin recorded nothing: the model runs under torch.compile "
                           "(compiled code skips gradwatch's hooks), or its forward calls none of the hooked modules. "
-                          "The gradient statistics still work.", GradWatchWarning, stacklevel=4)
+                          "The gradient statistics still work.")
 
     def _activation_scalars(self, act: dict[int, rules.ActStats], grad_out: dict[int, float]) -> dict[str, float]:
         """The scalars of a sampled step: each module's activation statistics and output-gradient norm."""
