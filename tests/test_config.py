@@ -142,3 +142,21 @@ def test_a_watcher_runs_from_a_config_and_refuses_a_config_with_options():
         assert report.clipped_norm == pytest.approx(0.5)
     with pytest.raises(ConfigurationError, match="not both"):
         gradwatch.Watcher(model, config, clip=1.0)
+
+
+def test_verbose_maps_onto_the_gradwatch_loggers_level():
+    import logging
+
+    logger = logging.getLogger("gradwatch")
+    old = logger.level
+    try:
+        for verbose, level in ((False, logging.ERROR), (True, logging.DEBUG), (logging.WARNING, logging.WARNING)):
+            gradwatch.watch(nn.Linear(2, 1), verbose=verbose).close()
+            assert logger.level == level
+        logger.setLevel(logging.WARNING)
+        gradwatch.watch(nn.Linear(2, 1)).close()  # None: the user's level stays
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(old)
+    with pytest.raises(ConfigurationError, match="verbose='loud'"):
+        WatchConfig(verbose="loud")

@@ -141,6 +141,8 @@ WATCH_POOLS: dict[str, tuple[list[Any], list[Any]]] = {
     "scaler": ([_const(None), ("GradScaler('cpu')", lambda ctx: torch.amp.GradScaler("cpu")),
                 ("GradScaler(enabled=False)", lambda ctx: torch.amp.GradScaler("cpu", enabled=False))],
                [_const(5), _const("scaler"), _const(object())]),
+    # valid: levels that leave the logger as the rest of the suite expects it (verbose= sets a process-wide level)
+    "verbose": ([_const(None), _const(20)], [_const("loud"), _const(3.5), _const(-1), _const(99)]),
 }
 
 
@@ -309,9 +311,13 @@ def test_callback_options_give_a_named_configuration_error_or_a_working_watcher(
             assert invalid, f"a valid configuration was refused: {error}"
             assert _names_one(error, invalid), f"{error} names none of {invalid}"
             return
-        assert not invalid, f"accepted although {invalid} are invalid"
         # what the callback's fit builds: its config, with the Trainer's interval, on the model
         config = callback.config.replace(every_n_steps=callback.every_n_steps or 1)
+        if invalid:  # only what needs the model (globs matching no layer) passes the constructor: refused at fit
+            watcher, error = _attempt(lambda: gradwatch.Watcher(model, config))
+            assert watcher is None, f"accepted although {invalid} are invalid"
+            assert _names_one(error, invalid), f"{error} names none of {invalid}"
+            return
         with gradwatch.Watcher(model, config) as watcher:
             _run_steps(watcher, model)
 

@@ -142,7 +142,7 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     evaluate = Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp,
                          kinds=[layer.kind for layer in layers])
     fanout = Fanout(_outputs(c, sinks, writes), dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike,
-                    speaks=writes)  # files opened here, after every check
+                    speaks=writes, verbose=c.verbose)  # files opened here, after every check
     # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
     replaced = ReplacedCheck(engine.layers, active=dist is None or dist.kinds == ("replicated",))
     history, tally = SymptomHistory(), ClipTally() if c.clipper is not None else None

@@ -79,13 +79,14 @@ class WatchConfig:
     distributed: DistributedMode = "auto"
     optimizer: Optimizer | Sequence[Optimizer] | None = field(default=None, repr=False)
     scaler: Any = field(default=None, repr=False)
+    verbose: bool | int | None = None
     #: Not an option of ``watch()``: the Lightning callback's own option. ``None`` (default): a run of fp16 loss-scaler
     #: overflows is judged by the scale alone; an int also makes this many consecutive overflows ``nonfinite``.
     amp_overflow_patience: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for check in (_check_output, _check_actions, _check_layers_and_sinks, _check_dashboard, _check_hooks,
-                      _check_optimizer, _check_scaler):
+                      _check_optimizer, _check_scaler, _check_verbose):
             for name, value in check(self).items():
                 object.__setattr__(self, name, value)
 
@@ -256,3 +257,14 @@ def _check_scaler(c: WatchConfig) -> dict[str, Any]:
         raise ConfigurationError(f"scaler={scaler!r:.120} is not a loss scaler; pass the torch.amp.GradScaler of fp16 "
                                  "mixed precision (anything with get_scale()), or None.")
     return {}
+
+
+def _check_verbose(c: WatchConfig) -> dict[str, Any]:
+    """``verbose``: ``None`` (leave the ``gradwatch`` logger's level), ``True``, ``False`` or a ``logging`` level."""
+    v = c.verbose
+    if v is None or isinstance(v, bool):
+        return {}
+    if isinstance(v, int) and 0 <= v <= 50:
+        return {"verbose": int(v)}
+    raise ConfigurationError(f"verbose={v!r} is not valid; pass None (leave the 'gradwatch' logger as it is), True "
+                             "(say everything), False (errors only) or a logging level such as logging.WARNING.")

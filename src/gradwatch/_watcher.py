@@ -277,6 +277,7 @@ def watch(
     distributed: DistributedMode = "auto",
     optimizer: Optimizer | Sequence[Optimizer] | None = None,
     scaler: Any = None,
+    verbose: bool | int | None = None,
 ) -> Watcher:
     """Watch ``model``'s gradients. Call ``watcher.step()`` after each ``backward()``, before ``optimizer.step()``.
 
@@ -326,6 +327,9 @@ def watch(
             (``amp_overflow`` events; no symptom, no warning, ``on_nonfinite`` does not act) while its scale keeps
             falling, and ``nonfinite`` symptoms once it has stopped (a scale of 1 or below, or overflows at which it
             did not go down). Call ``step()`` after ``scaler.unscale_(optimizer)``. A disabled scaler is ignored.
+        verbose: how much gradwatch says on the console, mapped onto the ``gradwatch`` logger's level: ``True``
+            (DEBUG: every episode start, end and joining layer), ``False`` (ERROR: errors only), a ``logging`` level,
+            or ``None`` (default: leave the logger as it is; INFO unless you set it).
 
     Returns:
         A :class:`Watcher`; also a context manager that closes it.

@@ -116,6 +116,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             ``saturated``/``dead`` symptoms, as in :func:`gradwatch.watch` (docs/activations.md).
         activation_every_n_steps: sample activations every this many steps (default: the logging interval).
         nan_origin: ``"off"``, ``"sampled"`` or ``"every_step"``: find the module where a NaN/Inf first appeared.
+        verbose: how much gradwatch says on the console, as in :func:`gradwatch.watch` (``True``, ``False`` for
+            errors only, a ``logging`` level, or ``None`` to leave the ``gradwatch`` logger as it is).
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
@@ -147,6 +149,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         activations: bool | str | Sequence[str] = False,
         activation_every_n_steps: int | None = None,
         nan_origin: NanOrigin | None = None,
+        verbose: bool | int | None = None,
     ) -> None:
         super().__init__()
         check_choice("on_nonfinite", on_nonfinite, get_args(OnNonFinite))
@@ -159,7 +162,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             on_nonfinite=engine_action(on_nonfinite), layers=layers, sinks=sinks, on_spike=on_spike,
             histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
             figure_every_n_steps=figure_every_n_steps, activations=activations,
-            activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin,
+            activation_every_n_steps=activation_every_n_steps, nan_origin=nan_origin, verbose=verbose,
             amp_overflow_patience=amp_overflow_patience)
         self.every_n_steps = every_n_steps
         self._layers_key = layers  # as given: the checkpoint key of earlier versions
