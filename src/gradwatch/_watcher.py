@@ -117,6 +117,7 @@ class Watcher:
         global_step: int | None = None,
         loss_scale: Tensor | float | None = None,
         reduce_flag: Callable[[Tensor], Tensor] | None = None,
+        log: bool | None = None,
     ) -> StepReport:
         """Measure this step's gradients, clip them, act on non-finite values, and log.
 
@@ -136,6 +137,9 @@ class Watcher:
                 decide the same everywhere. Not needed when ``torch.distributed`` is initialised: the statistics, hence
                 the flags, are reduced across ranks already (see :attr:`distributed`).
                 Called on every step where a decision is taken, on every process.
+            log: whether this step writes its per-layer scalars. ``None`` (default): gradwatch's cadence decides
+                (``every_n_steps``); adapters pass ``True``/``False`` to follow their trainer's logging steps.
+                Symptoms are written whenever they occur either way.
 
         Returns:
             The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
@@ -146,10 +150,10 @@ class Watcher:
             NonFiniteGradientError: with ``on_nonfinite="raise"``, after the logs were flushed.
         """
         self._check_open()
-        step = self._checked_step(loss, global_step, loss_scale, reduce_flag)  # before any side effect
+        step = self._checked_step(loss, global_step, loss_scale, reduce_flag, log)  # before any side effect
         s, self._step = self._s, step
         s.transport.collect()
-        m = s.measure.start(step, logged=step % self.every_n_steps == 0)
+        m = s.measure.start(step, logged=step % self.every_n_steps == 0 if log is None else log)
         record = Record(step=step, logged=m.logged, packed=None, has_grad=m.dev.has_grad, numel=m.dev.numel)
         scale = s.amp.observe_step(record, m.dev.nonfinite, loss_scale, self.config.scaler)
         bad = drop_for_nonfinite(self.on_nonfinite, record, m.dev, reduce_flag)
@@ -229,8 +233,10 @@ class Watcher:
         if self._closed:
             raise GradWatchError("This watcher is closed; create a new one with gradwatch.watch(model).")
 
-    def _checked_step(self, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any) -> int:
+    def _checked_step(self, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any, log: Any) -> int:
         """The step's number; every argument checked (a ConfigurationError naming the bad one)."""
+        if log is not None and not isinstance(log, bool):
+            raise ConfigurationError(f"log={log!r:.80} must be True, False or None (gradwatch's cadence decides).")
         check_step_value("loss", loss)
         check_step_value("loss_scale", loss_scale)
         if reduce_flag is not None and not callable(reduce_flag):
