@@ -44,8 +44,8 @@ class AmpState:
 
     A run of overflows is the scaler's business while its scale falls at each of them (a healthy recovery halves it
     from 2**16, or 2**40, down to where the gradients fit). It is *persistent* (a real numerical problem, reported as
-    ``nonfinite``) once the scale has stopped falling: an overflow at a scale of :data:`SCALE_FLOOR` or below, or
-    :data:`STUCK_LIMIT` overflows of the run at which the scale had not gone down (a scaler at its floor, a fixed
+    ``nonfinite``) once the scale has stopped falling: an overflow at a scale of ``SCALE_FLOOR`` or below, or
+    ``STUCK_LIMIT`` overflows of the run at which the scale had not gone down (a scaler at its floor, a fixed
     scale); or, with ``patience`` set, after that many consecutive overflows whatever the scale.
 
     Examples:
@@ -115,7 +115,7 @@ class AmpState:
                 "stuck": self.stuck, "why": self.why}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (checked whole first; older checkpoints hold the counts only)."""
+        """Restore ``state_dict()``'s output (checked whole first; older checkpoints hold the counts only)."""
         last, why = state.get("last_scale"), state.get("why", "")
         if not (last is None or is_real(last)) or not isinstance(why, str):
             raise ConfigurationError(f"amp: last_scale={last!r} must be a number or None, why={why!r} a string.")

@@ -1,6 +1,6 @@
 """Likely causes and remedies, chosen from what the model is made of (see docs/rules.md for the reasoning).
 
-:meth:`ModelTraits.of` looks at the model once, when it is watched: module types, class names and attribute names,
+``ModelTraits.of()`` looks at the model once, when it is watched: module types, class names and attribute names,
 the ``config`` of Hugging Face models, and the ``forward`` source of the user's own classes (for activations called
 as functions). No forward pass is run. The remedies then say what was found first, and never advise what the model
 already does (residual connections to a ResNet, normalisation to a LLaMA).
@@ -21,7 +21,7 @@ What counts as evidence:
   ``LlamaDecoderLayer``, ``ViTLayer``, ``T5Block``... Every such layer is taken as residual.
 * **Post-LN or pre-LN**: ``norm_first`` for torch's layers; for the others, the class name (``...StableLayerNorm``,
   ``...PreLayerNorm``: pre-LN), then the architecture family, from the layer's class-name prefix or the
-  ``config.model_type`` (:data:`_POST_LN`, :data:`_PRE_LN`; OPT reads ``config.do_layer_norm_before``). BERT,
+  ``config.model_type`` (``_POST_LN``, ``_PRE_LN``; OPT reads ``config.do_layer_norm_before``). BERT,
   RoBERTa, ALBERT, ELECTRA, DeBERTa, BART are post-LN; GPT-2, LLaMA, Mistral, Qwen, ViT, T5, Whisper are pre-LN. An
   unknown family is left unknown.
 * **Normalisation**: ``BatchNorm*``, ``SyncBatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm*``,
@@ -60,7 +60,7 @@ LNPosition = Literal["pre", "post", "mixed"]
 
 
 class Remedy(NamedTuple):
-    """The likely cause and what to try, as a :class:`~gradwatch._symptoms.Symptom` carries them (``cause``,
+    """The likely cause and what to try, as a ``Symptom`` carries them (``cause``,
     ``advice``): the message says ``"Likely cause: <cause>. Try <advice>."``."""
 
     cause: str
@@ -402,7 +402,7 @@ _SPELLED = frozenset(s for s, _ in _ACTIVATION_SPELLINGS) | {"leakyrelu", "relu6
 
 
 class _Scan:
-    """One pass over the model's modules, collecting the evidence :class:`ModelTraits` is made of."""
+    """One pass over the model's modules, collecting the evidence ``ModelTraits`` is made of."""
 
     def __init__(self) -> None:
         self.activations: list[str] = []
@@ -534,7 +534,7 @@ class ModelTraits:
     @classmethod
     def of(cls, model: nn.Module, depth: int, optimizer: Any = None, clips: bool = False) -> ModelTraits:
         """The traits of ``model`` (one pass over its modules; no forward pass). ``optimizer``: the training
-        optimizer, a wrapper of one or a sequence of them (:meth:`OptimizerTraits.of`), ``None`` (or empty) when
+        optimizer, a wrapper of one or a sequence of them (``OptimizerTraits.of()``), ``None`` (or empty) when
         unknown; ``clips``: the watcher clips the gradients."""
         scan = _Scan()
         for qualified, m in model.named_modules():

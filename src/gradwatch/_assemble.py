@@ -1,13 +1,13 @@
-"""Wiring: the stages of one watcher, built from a model, a :class:`~gradwatch.WatchConfig` and the adapter's sinks;
-taken apart again (:meth:`Stages.release`) by ``close()``, by the garbage collector or at exit; and their state, for
+"""Wiring: the stages of one watcher, built from a model, a ``WatchConfig`` and the adapter's sinks;
+taken apart again (``Stages.release()``) by ``close()``, by the garbage collector or at exit; and their state, for
 checkpoints.
 
-Kept apart from :mod:`gradwatch._watcher`, which runs the stages; here they are only made, connected and released.
+Kept apart from ``gradwatch._watcher``, which runs the stages; here they are only made, connected and released.
 Everything that could be invalid was checked by the config, or is checked here before any side effect (the ``layers``
 and ``activations`` globs against the model, a model still on the meta device) — files are opened and hooks attached
 last.
 
-The stages hold nothing of the watcher, so a watcher is freed as soon as it is dropped: :func:`guard` then releases
+The stages hold nothing of the watcher, so a watcher is freed as soon as it is dropped: ``guard()`` then releases
 its stages (pending steps written, hooks removed, sinks closed) with a ``ResourceWarning``, as an unclosed file does;
 at exit, every stage still open is released quietly, so that the last steps reach the disk.
 """
@@ -51,7 +51,7 @@ __all__ = ["Stages", "assemble", "guard"]
 
 @dataclass(eq=False)  # compared and hashed by identity: the exit registry holds them in a WeakSet
 class Stages:
-    """The parts of one watcher (see :mod:`gradwatch._watcher` for how a step flows through them)."""
+    """The parts of one watcher (see ``gradwatch._watcher`` for how a step flows through them)."""
 
     layers: list[Layer]
     dist: DistributedContext | None  # None in one process
@@ -91,7 +91,7 @@ class Stages:
             self.transport.clear()
 
     def state_dict(self, step: int, names: Sequence[str]) -> dict[str, Any]:
-        """The checkpoint of :meth:`gradwatch.Watcher.state_dict` (every pending step brought in first)."""
+        """The checkpoint of ``gradwatch.Watcher.state_dict()`` (every pending step brought in first)."""
         self.transport.resolve_all()
         clipper, probe, tally = self.measure.clipper, self.probe, self.clip_tally
         return {"version": 1, "step": step, "layers": list(names),
@@ -101,8 +101,8 @@ class Stages:
                 "history": self.history.state_dict()}
 
     def load_state_dict(self, state: Any, names: Sequence[str]) -> int:
-        """Restore :meth:`state_dict`'s output; the step counter to continue from. Checked whole first: a state that
-        does not fit raises :class:`~gradwatch.ConfigurationError` naming what is wrong, and changes nothing."""
+        """Restore ``state_dict()``'s output; the step counter to continue from. Checked whole first: a state that
+        does not fit raises ``ConfigurationError`` naming what is wrong, and changes nothing."""
         step = _check_state(self, state, names)
         self.transport.resolve_all()
         clipper = self.measure.clipper

@@ -2,7 +2,7 @@
 
 A batch holding a NaN poisons BatchNorm's ``running_mean`` and ``running_var`` during its forward pass, long before
 gradwatch sees the gradients. Dropping the gradients (``on_nonfinite="skip"``, ``on_spike="skip"``) then leaves the
-parameters finite but every eval-mode output NaN. :class:`NormBuffers` keeps a copy of those buffers as they were
+parameters finite but every eval-mode output NaN. ``NormBuffers`` keeps a copy of those buffers as they were
 after the last step that was kept, and puts it back when a step is dropped: a fused device copy per step, of the
 normalisation layers' buffers only (a few vectors per layer), with no host sync.
 """

@@ -1,7 +1,7 @@
-"""``WatchConfig``: every option of :func:`gradwatch.watch`, validated once, shared by every adapter.
+"""``WatchConfig``: every option of ``gradwatch.watch()``, validated once, shared by every adapter.
 
 ``watch(model, **options)``, the Lightning callback and any later adapter build one ``WatchConfig``; the
-:class:`~gradwatch.Watcher` takes the model, a config and the adapter's own sinks. Validation happens here, in
+``Watcher`` takes the model, a config and the adapter's own sinks. Validation happens here, in
 ``__post_init__``, before anything touches the model or the file system. What needs the model (do the ``layers``
 globs match a layer?) is checked when the watcher is built, still before any side effect.
 """
@@ -34,14 +34,14 @@ HistogramOf = Literal["grad", "param"]
 
 @dataclass(frozen=True)
 class WatchConfig:
-    """Every option of :func:`gradwatch.watch`, validated once; what every adapter builds.
+    """Every option of ``gradwatch.watch()``, validated once; what every adapter builds.
 
-    The fields are :func:`gradwatch.watch`'s keyword arguments, with the same defaults and meanings (see there).
-    Values are normalised: ``clip`` holds a clipper (or ``None``), ``thresholds`` a :class:`~gradwatch.Thresholds`,
+    The fields are ``gradwatch.watch()``'s keyword arguments, with the same defaults and meanings (see there).
+    Values are normalised: ``clip`` holds a clipper (or ``None``), ``thresholds`` a ``Thresholds``,
     ``layers``, ``sinks``, ``histograms`` and a list of ``activations`` globs tuples, ``nan_origin`` its resolved
     choice, and ``optimizer`` a tuple of ``torch.optim.Optimizer`` (wrappers with an ``.optimizer``, such as
     Lightning's ``LightningOptimizer``, unwrapped) or ``None``; ``scaler`` a loss scaler (anything with
-    ``get_scale()``, a ``torch.amp.GradScaler``) or ``None``. :meth:`replace` makes a validated copy with some options
+    ``get_scale()``, a ``torch.amp.GradScaler``) or ``None``. ``replace()`` makes a validated copy with some options
     changed.
 
     Raises:
@@ -111,7 +111,7 @@ class WatchConfig:
 
 
 def watch_options() -> list[str]:
-    """The names of :func:`gradwatch.watch`'s options, in order (every field but the adapters' own)."""
+    """The names of ``gradwatch.watch()``'s options, in order (every field but the adapters' own)."""
     return [f.name for f in dataclasses.fields(WatchConfig) if f.name != "amp_overflow_patience"]
 
 
@@ -128,7 +128,7 @@ def _check_output(c: WatchConfig) -> dict[str, Any]:
 
 
 def _check_writer(writer: Any, histogram_every_n_steps: Any) -> None:
-    """The methods that :class:`~gradwatch.TensorBoardSink` calls on a writer for the configured features: a writer
+    """The methods that ``TensorBoardSink`` calls on a writer for the configured features: a writer
     without one would be dropped at the first step that needs it."""
     needed = {"add_scalar": "scalars", "add_text": "alerts", "flush": "flush and close"}
     if histogram_every_n_steps is not None:

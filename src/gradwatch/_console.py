@@ -1,6 +1,6 @@
 """What gradwatch says on the console while it watches: one voice, the ``gradwatch`` logger, and few lines.
 
-* One line when an episode (:mod:`gradwatch._episodes`) starts: its kind, where, since when, one sentence of evidence;
+* One line when an episode (``gradwatch._episodes``) starts: its kind, where, since when, one sentence of evidence;
   the advice once per kind per run, on that same line. One line when it ends (if it lasted more than one step).
 * A condition that persists (NaN at every step) gets its line, then reminders with a count, after 100, 1,000,
   10,000... steps. A kind that comes back is said again on the same schedule, with how many episodes were not shown.
@@ -38,7 +38,7 @@ LOGGER = logging.getLogger("gradwatch")
 #: Steps after which a persisting episode (or a kind that keeps coming back) is said again: 100, then x10 each time.
 FIRST_REMINDER = 100
 _GROWTH = 10
-#: Kinds whose episodes take in the others that start soon after (within :data:`FIRST_REMINDER` steps): when the
+#: Kinds whose episodes take in the others that start soon after (within ``FIRST_REMINDER`` steps): when the
 #: gradients explode, the loss diverges and spikes as a consequence.
 INSTABILITY = frozenset({"exploding", "divergence", "spike", "nonfinite"})
 
@@ -182,7 +182,7 @@ class _KindPace:
 
 
 class Console:
-    """Says what each step's :class:`~gradwatch._episodes.Changes` mean, in few lines (see the module's docstring).
+    """Says what each step's ``Changes`` mean, in few lines (see the module's docstring).
 
     Args:
         silent: kinds never said (``on_nonfinite="ignore"``, ``on_spike="ignore"``); still in the summary and logs.

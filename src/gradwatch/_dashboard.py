@@ -1,11 +1,11 @@
 """What gradwatch adds to TensorBoard beyond its scalars: the custom-scalars dashboard, histograms and the flow figure.
 
-Once per run, at the first logging step, the sinks that implement ``write_run_info`` receive a :class:`RunInfo`: the
-watched layers in depth order and the tags logged. :class:`~gradwatch._sinks.TensorBoardSink` turns it into a
-custom-scalars layout (category ``"gradwatch"``, built by :func:`build_layout`) and the ``gradwatch/layers`` text
-table (:func:`layers_markdown`; ``gradwatch report``/``plot`` read it back). :class:`DashboardLogger` is the watcher's
-part: per-layer histograms computed on the device (:mod:`gradwatch._histograms`) every ``histogram_every_n_steps``, and
-the gradient-flow figure (:mod:`gradwatch._flowplot`) every ``figure_every_n_steps``.
+Once per run, at the first logging step, the sinks that implement ``write_run_info`` receive a ``RunInfo``: the
+watched layers in depth order and the tags logged. ``TensorBoardSink`` turns it into a
+custom-scalars layout (category ``"gradwatch"``, built by ``build_layout()``) and the ``gradwatch/layers`` text
+table (``layers_markdown()``; ``gradwatch report``/``plot`` read it back). ``DashboardLogger`` is the watcher's
+part: per-layer histograms computed on the device (``gradwatch._histograms``) every ``histogram_every_n_steps``, and
+the gradient-flow figure (``gradwatch._flowplot``) every ``figure_every_n_steps``.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ _ROW = re.compile(r"^\| (\d+) \| `(.*)` \| ([^|]*) \| (\d+) \|$")
 
 
 def parse_layers_markdown(text: str) -> list[LayerInfo]:
-    """Rows of :func:`layers_markdown`'s table, in depth order; lines that are not rows are ignored."""
+    """Rows of ``layers_markdown()``'s table, in depth order; lines that are not rows are ignored."""
     rows = []
     for line in text.splitlines():
         m = _ROW.match(line.strip())
@@ -253,8 +253,8 @@ class DashboardLogger:
         """Write this step's run info (once), histograms and figure to the sinks that take them.
 
         Args:
-            tail: the host copy of :meth:`device_part`'s tensor, or ``None``.
-            stats: the step's :class:`~gradwatch._rules.HostStats`.
+            tail: the host copy of ``device_part()``'s tensor, or ``None``.
+            stats: the step's ``HostStats``.
             symptoms: the symptoms holding at this step (their layers are flagged in the figure).
             scalars: the scalars written at this step (the first logging step's tags shape the layout).
             call: ``call(sink, method, *args)`` invokes a sink method safely (the watcher drops failing sinks).

@@ -99,7 +99,7 @@ TOLERANCE = 0.25
 
 
 def learned(result: XorResult) -> bool:
-    """Whether the network computes XOR: every output within :data:`TOLERANCE` of its label.
+    """Whether the network computes XOR: every output within ``TOLERANCE`` of its label.
 
     Examples:
         >>> learned(XorResult(False, 0.01, [0.1, 0.9, 0.8, 0.2], SymptomHistory(), None))

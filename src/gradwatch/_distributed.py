@@ -1,10 +1,10 @@
 """Several processes (DDP, FSDP1, FSDP2/DTensor): statistics from local shards, reduced across ranks in one collective.
 
-When ``torch.distributed`` is initialised with more than one process, :func:`detect` returns a
-:class:`DistributedContext` and the engine (:class:`gradwatch._stats.StatsEngine`) hands it each step's work. Every
+When ``torch.distributed`` is initialised with more than one process, ``detect()`` returns a
+``DistributedContext`` and the engine (``gradwatch._stats.StatsEngine``) hands it each step's work. Every
 rank computes, from the gradient pieces it holds, per-layer *partials*: sums of squares (weighted by the fraction of
 the world holding the same piece, so that replicas count once), maxima of ``|g|``, and on logged steps the parameters'
-sums of squares. One collective combines them (:meth:`DistributedContext.reduce`): an ``all_gather`` of the packed
+sums of squares. One collective combines them (``DistributedContext.reduce()``): an ``all_gather`` of the packed
 partials, summed and maxed locally in the same order on every rank, so that every rank holds bit-identical
 statistics. Norms, non-finite flags, the global norm, the clipping coefficient and the skip/raise decisions are
 derived from them, hence equal everywhere without any further collective.
@@ -79,7 +79,7 @@ class _Piece:
 class DistributedContext:
     """What this rank holds of each watched gradient, and the one collective that combines the ranks' partials.
 
-    Built by :func:`detect`; the engine calls :meth:`compute` and :meth:`param_norms` instead of its own
+    Built by ``detect()``; the engine calls ``compute()`` and ``param_norms()`` instead of its own
     single-process path.
 
     Attributes:
@@ -87,7 +87,7 @@ class DistributedContext:
         world_size: number of processes.
         kinds: the wrappers found (``"ddp"``, ``"fsdp1"``, ``"fsdp2"``, ``"dtensor"``, ``"replicated"``).
         sharded: whether some gradient is split across ranks (then histograms are refused: they need every entry).
-        collectives: collectives issued so far by this context (one per :meth:`compute`).
+        collectives: collectives issued so far by this context (one per ``compute()``).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[Layer], *, rank: int, world_size: int) -> None:
@@ -293,7 +293,7 @@ class DistributedContext:
         """Sum ``sums`` and take the max of ``maxes`` over every rank, in one collective when it is small.
 
         An ``all_gather`` of both, reduced locally in rank order: every rank gets bit-identical results, and NaN
-        propagates through both the sum and the max. Above :data:`GATHER_LIMIT` values, an ``all_reduce(SUM)`` and an
+        propagates through both the sum and the max. Above ``GATHER_LIMIT`` values, an ``all_reduce(SUM)`` and an
         ``all_reduce(MAX)`` instead.
         """
         if self._comm_device is not None:

@@ -1,17 +1,17 @@
 """Symptom episodes: what every output of gradwatch renders.
 
-The rules say, step by step, which symptoms hold (:mod:`gradwatch._rules`). An *episode* is one stretch of one kind of
+The rules say, step by step, which symptoms hold (``gradwatch._rules``). An *episode* is one stretch of one kind of
 symptom: it starts at the first step at which the kind holds anywhere in the model and ends at the first step at which
 it holds nowhere. A NaN that reaches all 41 layers of a ResNet is one episode, not 41.
 
-An :class:`Episode` holds the facts once: the kind; the layers at detection (in depth order) and those that joined
+An ``Episode`` holds the facts once: the kind; the layers at detection (in depth order) and those that joined
 later; the onset (the first step of evidence, the symptoms' ``since``); the detection step; the last step at which it
-held; the end step; the peak evidence; the likely cause and what to try. The console (:mod:`gradwatch._console`), the
-TensorBoard alert text and its records (:mod:`gradwatch._sinks`), ``watcher.summary()`` (:mod:`gradwatch._history`),
-``gradwatch report`` (:mod:`gradwatch._report`) and ``gradwatch demo`` all render these records, so that the onset
+held; the end step; the peak evidence; the likely cause and what to try. The console (``gradwatch._console``), the
+TensorBoard alert text and its records (``gradwatch._sinks``), ``watcher.summary()`` (``gradwatch._history``),
+``gradwatch report`` (``gradwatch._report``) and ``gradwatch demo`` all render these records, so that the onset
 step and the layers read the same everywhere.
 
-:class:`EpisodeTracker` builds them on the host from each step's symptoms; its memory grows with the number of episodes
+``EpisodeTracker`` builds them on the host from each step's symptoms; its memory grows with the number of episodes
 (capped per kind), not with the steps.
 """
 
@@ -195,11 +195,11 @@ class Episode:
         peak_step: the step of ``peak``.
         threshold: the threshold crossed, at detection.
         evidence: one sentence with the numbers, at detection.
-        cause, advice, detail, origin, origin_note: as in :class:`~gradwatch.Symptom`, at detection.
+        cause, advice, detail, origin, origin_note: as in ``Symptom``, at detection.
         later: ``(layer, step)`` of the layers that joined after detection (a model-wide symptom joining is no layer).
         repeats: how many episodes this record stands for (more than one once a kind's closed episodes are capped).
         absent_since: while open, the first step since its last at which it held nowhere, until a conclusive step
-            ends it there (see :meth:`EpisodeTracker.observe`).
+            ends it there (see ``EpisodeTracker.observe()``).
 
     Examples:
         >>> from gradwatch import Symptom
@@ -283,7 +283,7 @@ class Episode:
 
     @property
     def where(self) -> str:
-        """The layers at detection as a compact group (:func:`group_layers`)."""
+        """The layers at detection as a compact group (``group_layers()``)."""
         return group_layers(self.layers)
 
     @property
@@ -305,7 +305,7 @@ class Episode:
         return compose_message(self.evidence or kind_label(self.kind), self.detail, self.cause, self.advice)
 
     def row(self) -> dict[str, str]:
-        """The episode's row of the table (:data:`COLUMNS`), numbers formatted for people."""
+        """The episode's row of the table (``COLUMNS``), numbers formatted for people."""
         return {
             "kind": self.kind if self.repeats == 1 else f"{self.kind} x{self.repeats}",
             "layers": self.where + (f" + {len(self.later)} later" if self.later else ""),
@@ -336,7 +336,7 @@ class Episode:
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Episode:
-        """The episode of a :meth:`to_record` dict.
+        """The episode of a ``to_record()`` dict.
 
         Raises:
             KeyError, TypeError, ValueError: for a record that is not an episode's.
@@ -400,7 +400,7 @@ def _evidence(symptoms: Sequence[Symptom], step: int) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- tables
 def episode_table(episodes: Sequence[Episode], indent: str = "  ") -> list[str]:
-    """One row per episode (:data:`COLUMNS`), aligned, with a line naming the layers that joined later.
+    """One row per episode (``COLUMNS``), aligned, with a line naming the layers that joined later.
 
     Examples:
         >>> from gradwatch import Symptom
@@ -460,7 +460,7 @@ class Changes:
     detection: dict[str, tuple[Symptom, ...]] = field(default_factory=dict)  # episode key -> starting symptoms
 
     def events(self) -> list[EpisodeEvent]:
-        """The ends, then the starts, as events for the sinks (not those of :data:`QUIET_KINDS`)."""
+        """The ends, then the starts, as events for the sinks (not those of ``QUIET_KINDS``)."""
         return ([EpisodeEvent("end", self.step, e.copy()) for e in self.ended if e.kind not in QUIET_KINDS]
                 + [EpisodeEvent("start", self.step, e.copy(), self.detection.get(e.key, ()))
                    for e in self.started if e.kind not in QUIET_KINDS])
@@ -469,7 +469,7 @@ class Changes:
 class EpisodeTracker:
     """Builds episodes from the symptoms of each step, in step order.
 
-    Call :meth:`observe` once per evaluated step, with every symptom holding at it (an empty list for a healthy step:
+    Call ``observe()`` once per evaluated step, with every symptom holding at it (an empty list for a healthy step:
     that ends the open episodes).
 
     Examples:
@@ -569,7 +569,7 @@ class EpisodeTracker:
                 "closed": [e.to_record("end", e.last) for e in self.closed], "clock": self._clock}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output.
+        """Restore ``state_dict()``'s output.
 
         Raises:
             KeyError, TypeError, ValueError: for a state that is not one.

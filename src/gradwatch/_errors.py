@@ -1,4 +1,4 @@
-"""The one error hierarchy of gradwatch, and :func:`warn_user`, which attributes a warning to the user's line."""
+"""The one error hierarchy of gradwatch, and ``warn_user()``, which attributes a warning to the user's line."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class GradWatchError(Exception):
 class ConfigurationError(GradWatchError, ValueError):
     """An argument given to gradwatch is invalid; raised at construction time.
 
-    It is also a :class:`ValueError`, so ``except ValueError`` keeps working.
+    It is also a ``ValueError``, so ``except ValueError`` keeps working.
 
     Examples:
         >>> import torch, gradwatch
@@ -102,7 +102,7 @@ def skipped_prefixes() -> tuple[str, ...]:
 
 def caller_stacklevel(prefixes: tuple[str, ...] | None = None) -> int:
     """The ``stacklevel`` that makes a warning issued by the function calling this one point at the first frame
-    outside ``prefixes`` (default: :func:`skipped_prefixes`).
+    outside ``prefixes`` (default: ``skipped_prefixes()``).
 
     Examples:
         >>> def outside_gradwatch():  # a doctest's frames are no part of gradwatch: its own line

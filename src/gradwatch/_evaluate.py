@@ -1,7 +1,7 @@
-"""Host-side evaluation of one step: its unpacked values into :class:`HostStats`, the rules into symptoms.
+"""Host-side evaluation of one step: its unpacked values into ``HostStats``, the rules into symptoms.
 
-Runs once a step's packed vector is on the host (:mod:`gradwatch._transport`). It reads the vector through the
-step's :class:`~gradwatch._layout.Layout`, applies the gradient rules (:mod:`gradwatch._rules`) and the activation
+Runs once a step's packed vector is on the host (``gradwatch._transport``). It reads the vector through the
+step's ``Layout``, applies the gradient rules (``gradwatch._rules``) and the activation
 probe's rules, and treats a transient fp16 loss-scaler overflow as the scaler's business (an event, no symptom).
 """
 

@@ -1,7 +1,7 @@
 """Fan-out of an evaluated step: scalars, episode alerts, histograms and figures to the sinks; the console's lines.
 
-A sink that fails (disk full, a closed writer) is reported once (a :class:`~gradwatch.GradWatchWarning` at the
-user's line) and dropped: training goes on. Every call to a sink goes through :meth:`Fanout.safe`.
+A sink that fails (disk full, a closed writer) is reported once (a ``GradWatchWarning`` at the
+user's line) and dropped: training goes on. Every call to a sink goes through ``Fanout.safe()``.
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def step_values(r: Record, ev: Evaluation, tags: list[str], kinds: Sequence[str]
 class Fanout:
     """The sinks of one watcher, the dashboard's extra outputs, and what is said on the console.
 
-    Every evaluated step's symptoms go through one :class:`~gradwatch._episodes.EpisodeTracker`; the sinks' alerts
-    (one per episode start and end) and the console's lines (:class:`~gradwatch._console.Console`) are rendered from
+    Every evaluated step's symptoms go through one ``EpisodeTracker``; the sinks' alerts
+    (one per episode start and end) and the console's lines (``Console``) are rendered from
     its episodes.
 
     Args:
         on_nonfinite, on_spike: ``"ignore"`` keeps the kind off the console (it stays in the summary and the logs).
         speaks: ``False`` on the ranks other than zero: one console per job, not one per rank.
-        verbose: the adapters' ``verbose=`` (:func:`gradwatch._console.set_verbosity`); ``None`` leaves the
+        verbose: the adapters' ``verbose=`` (``gradwatch._console.set_verbosity()``); ``None`` leaves the
             ``gradwatch`` logger's level as it is (``INFO`` unless set).
     """
 
@@ -134,7 +134,7 @@ class Fanout:
                 self.sinks.remove(sink)
 
     def announce(self, step: int, ev: Evaluation) -> None:
-        """The console's lines for the step :meth:`write` just took (see :mod:`gradwatch._console`)."""
+        """The console's lines for the step ``write()`` just took (see ``gradwatch._console``)."""
         changes, self._changes = self._changes, None
         if not self.speaks or changes is None or changes.step != step:
             return

@@ -37,7 +37,7 @@ def matplotlib_available() -> bool:
 
 
 def require_matplotlib() -> None:
-    """Raise :class:`MissingExtraError` naming the ``gradwatch[plot]`` extra when matplotlib is missing."""
+    """Raise ``MissingExtraError`` naming the ``gradwatch[plot]`` extra when matplotlib is missing."""
     if not matplotlib_available():
         raise MissingExtraError(f"The gradient-flow figure needs matplotlib, gradwatch's 'plot' extra: {_INSTALL}")
 

@@ -3,7 +3,7 @@
 Each layer's values are binned over the symmetric range ``[-m, m]``, where ``m`` is the layer's largest absolute
 value, found on the device: no range has to be known on the host, so nothing is read back before the bins are
 counted. Every layer's counts, range, sum and sum of squares go into one packed tensor that travels to the host with
-the step's other statistics (one transfer per step, see :mod:`gradwatch._watcher`), and become :class:`Histogram`
+the step's other statistics (one transfer per step, see ``gradwatch._watcher``), and become ``Histogram``
 values (numpy, never tensors) for the sinks.
 """
 
@@ -61,7 +61,7 @@ def device_histograms(per_layer: Sequence[Sequence[Tensor]], *, home: torch.devi
 
     Returns:
         A flat float tensor on ``home`` of ``len(per_layer) * (bins + 4)`` values: per layer ``[m, sum, sum of
-        squares, count, counts of each bin...]``. Read it with :func:`unpack_histograms`.
+        squares, count, counts of each bin...]``. Read it with ``unpack_histograms()``.
 
     Examples:
         >>> packed = device_histograms([[torch.tensor([-2.0, 2.0, 1.5])]], home=torch.device("cpu"), bins=4)
@@ -108,7 +108,7 @@ def device_histograms(per_layer: Sequence[Sequence[Tensor]], *, home: torch.devi
 
 
 def unpack_histograms(vec: np.ndarray, names: Sequence[str], *, bins: int = DEFAULT_BINS) -> dict[str, Histogram]:
-    """The host side of :func:`device_histograms`: one :class:`Histogram` per layer that has finite values.
+    """The host side of ``device_histograms()``: one ``Histogram`` per layer that has finite values.
 
     Empty buckets at either end are dropped, so ``min``/``max`` bound the values to within one bucket. Layers without
     values, or whose largest value is NaN or Inf, get no histogram that step.

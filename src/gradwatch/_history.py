@@ -1,10 +1,10 @@
-"""A compact record of every symptom seen: its episodes (:mod:`gradwatch._episodes`), and counts, first and last step
+"""A compact record of every symptom seen: its episodes (``gradwatch._episodes``), and counts, first and last step
 per (kind, layer); ``watcher.summary()`` renders the episodes.
 
-One watcher's history and its fan-out (:mod:`gradwatch._fanout`) read the same episodes: the fan-out builds them (it
+One watcher's history and its fan-out (``gradwatch._fanout``) read the same episodes: the fan-out builds them (it
 knows which steps are logged and which kinds were sampled) and hands its tracker to the history with
-:meth:`SymptomHistory.share`. The watcher gives both the same step's symptoms, the history first; the fan-out finds
-the history that was just given exactly those symptom objects (:func:`claim_history`) and shares its tracker with it.
+``SymptomHistory.share()``. The watcher gives both the same step's symptoms, the history first; the fan-out finds
+the history that was just given exactly those symptom objects (``claim_history()``) and shares its tracker with it.
 Until then, and for a history used on its own, the history builds its own episodes.
 """
 
@@ -133,7 +133,7 @@ class SymptomHistory:
                 "episodes": self.tracker.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned, in place of what this history holds; symptoms seen from now on
+        """Restore what ``state_dict()`` returned, in place of what this history holds; symptoms seen from now on
         add to the restored counts."""
         rows = state.get("summaries") if isinstance(state, Mapping) else None
         if not isinstance(rows, (list, tuple)):
@@ -172,7 +172,7 @@ _SUMMARY_FIELDS = tuple(f.name for f in fields(SymptomSummary))
 
 
 def _summary(row: Any) -> SymptomSummary:
-    """One :class:`SymptomSummary` from a row of :meth:`SymptomHistory.state_dict`, checked."""
+    """One ``SymptomSummary`` from a row of ``SymptomHistory.state_dict()``, checked."""
     if not isinstance(row, (list, tuple)) or len(row) != len(_SUMMARY_FIELDS):
         raise ConfigurationError(f"SymptomHistory.load_state_dict: {row!r:.120} is not a summary "
                                  f"({', '.join(_SUMMARY_FIELDS)}).")

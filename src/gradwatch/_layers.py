@@ -37,7 +37,7 @@ class Layer:
     #: Where each parameter sits in the unwrapped model (``model.get_parameter(path)``), wrapper segments included.
     paths: tuple[str, ...] = ()
     #: The module that owns the parameters (held weakly), and each parameter's name on it: how
-    #: :func:`follow_layers` finds a parameter assigned anew (``layer.weight = nn.Parameter(...)``).
+    #: ``follow_layers()`` finds a parameter assigned anew (``layer.weight = nn.Parameter(...)``).
     owner: weakref.ref[nn.Module] | None = field(default=None, compare=False, repr=False)
     attrs: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -65,7 +65,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def replaced_parameters(model: nn.Module, layer: Layer) -> list[str]:
     """The paths of ``layer``'s parameters that ``model`` now holds as *another* parameter object: replaced after
-    :func:`discover_layers` (``resize_token_embeddings``, a module swapped for a new one). A path that no longer leads
+    ``discover_layers()`` (``resize_token_embeddings``, a module swapped for a new one). A path that no longer leads
     to a parameter (a wrapper that flattened it, an attribute deleted) is not reported: nothing can be said of it.
 
     Examples:
@@ -94,7 +94,7 @@ def discover_layers(model: nn.Module, patterns: str | Sequence[str] | None = Non
 
     A parameter shared by several modules (tied weights) belongs to the first module that registers it. A layer whose
     parameters are all tied to an earlier layer disappears. Parameters owned by the root module form the layer
-    :data:`ROOT_LAYER`.
+    ``ROOT_LAYER``.
 
     Raises:
         ConfigurationError: when a pattern matches no layer, or the model has no parameter at all.
@@ -165,17 +165,17 @@ def _watch_registrations() -> None:
 
 def registrations() -> int:
     """How many parameters were registered on any module since gradwatch first watched a model (see
-    :func:`follow_layers`)."""
+    ``follow_layers()``)."""
     return _REGISTRATIONS[0]
 
 
 def follow_layers(layers: Sequence[Layer]) -> list[Layer] | None:
     """``layers`` with the parameters their modules hold now under the same names, or ``None`` if none changed.
 
-    A parameter assigned anew on its module after :func:`discover_layers` (``model[0].weight = nn.Parameter(...)``)
+    A parameter assigned anew on its module after ``discover_layers()`` (``model[0].weight = nn.Parameter(...)``)
     takes the old one's place; a name that no longer holds a floating-point parameter keeps the old one (nothing can be
     said of it), and a module that was collected keeps its layer as it was. A new parameter that an earlier layer
-    already holds (weights tied after ``watch()``) is left to that layer, as :func:`discover_layers` would.
+    already holds (weights tied after ``watch()``) is left to that layer, as ``discover_layers()`` would.
 
     Examples:
         >>> model = nn.Sequential(nn.Linear(2, 2))
@@ -217,7 +217,7 @@ def _current(layer: Layer) -> tuple[nn.Parameter, ...]:
 
 
 def _layer_name(path: str) -> str:
-    """The layer name of the module at ``path``: the path without wrapper segments, :data:`ROOT_LAYER` if empty."""
+    """The layer name of the module at ``path``: the path without wrapper segments, ``ROOT_LAYER`` if empty."""
     name = ".".join(part for part in path.split(".") if part not in _WRAPPER_SEGMENTS) if path else path
     return name or ROOT_LAYER
 

@@ -1,8 +1,8 @@
 """The packed step vector's layout: the one place that says which slice holds what, in which order.
 
 A step's device results travel to the host as one vector (one transfer per logged step). The writer
-(:func:`Layout.pack`, on the device) and the reader (:meth:`Layout.unpack`, on the host) share this definition, so a
-new piece cannot shift the numbers after it: it is added to :data:`SLICES`, and both sides follow.
+(``Layout.pack()``, on the device) and the reader (``Layout.unpack()``, on the host) share this definition, so a
+new piece cannot shift the numbers after it: it is added to ``SLICES``, and both sides follow.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Layout:
 
     @classmethod
     def pack(cls, parts: Mapping[str, Tensor]) -> tuple[Layout, Tensor]:
-        """The layout of ``parts`` (by slice name) and the packed vector, in :data:`SLICES` order (one ``cat``)."""
+        """The layout of ``parts`` (by slice name) and the packed vector, in ``SLICES`` order (one ``cat``)."""
         unknown = set(parts) - set(SLICES)
         if unknown:
             raise KeyError(f"not slices of the packed step vector: {sorted(unknown)}")

@@ -1,10 +1,10 @@
 """Device-side measurement of one step: statistics, clipping, the step's extra values, packed into one vector.
 
-Nothing here waits for the device. :meth:`Measure.start` reduces the gradients (:mod:`gradwatch._stats`);
-:meth:`Measure.finish` clips them (unless the step is dropped), gathers the extra values (what the clipper did, the
+Nothing here waits for the device. ``Measure.start()`` reduces the gradients (``gradwatch._stats``);
+``Measure.finish()`` clips them (unless the step is dropped), gathers the extra values (what the clipper did, the
 AMP scale, the loss), the parameter norms of a logged step, the update-to-weight ratios of the last optimizer step
-(:mod:`gradwatch._updates`, with ``watch(optimizer=...)``), the histograms and the activation probe's values, and
-packs them as :class:`~gradwatch._layout.Layout` says.
+(``gradwatch._updates``, with ``watch(optimizer=...)``), the histograms and the activation probe's values, and
+packs them as ``Layout`` says.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Measured:
 
 
 class Measure:
-    """The device side of :meth:`gradwatch.Watcher.step`."""
+    """The device side of ``gradwatch.Watcher.step()``."""
 
     def __init__(self, layers: Sequence[Layer], engine: StatsEngine, clipper: Clipper | None,
                  dashboard: DashboardLogger, probe: Any, updates: UpdateTracker | None = None) -> None:

@@ -1,14 +1,14 @@
 """Per-tensor reductions of gradient (or parameter) lists, and the device/dtype buckets they run on.
 
-A :class:`Bucket` holds the watched parameters of one (device, dtype) (and, with several processes, one replication
-weight). Its tensors are reduced together: fused ``torch._foreach_norm`` calls (:func:`foreach_norms`,
-:func:`foreach_maxabs`, :func:`norms_maxabs`) and, on the CPU, one flat copy for all the small tensors
-(:class:`FlatPlan`, :func:`reduce_tensors`). :class:`LayerTotals` adds the per-tensor results up per layer.
+A ``Bucket`` holds the watched parameters of one (device, dtype) (and, with several processes, one replication
+weight). Its tensors are reduced together: fused ``torch._foreach_norm`` calls (``foreach_norms()``,
+``foreach_maxabs()``, ``norms_maxabs()``) and, on the CPU, one flat copy for all the small tensors
+(``FlatPlan``, ``reduce_tensors()``). ``LayerTotals`` adds the per-tensor results up per layer.
 
 Sparse gradients (``nn.Embedding(sparse=True)``) have no fused norm and no flat copy: every function here recognises
-them up front (:func:`gradwatch._tensors.any_sparse`) and measures their coalesced values one by one.
+them up front (``gradwatch._tensors.any_sparse()``) and measures their coalesced values one by one.
 
-Nothing here reads a device value on the host. On the CPU, :func:`finite_norms` reads whether a norm overflowed
+Nothing here reads a device value on the host. On the CPU, ``finite_norms()`` reads whether a norm overflowed
 (a CPU value: nothing to wait for) and measures such a tensor again, scaled by its largest entry.
 """
 
@@ -46,7 +46,7 @@ __all__ = [
     "reduce_tensors",
 ]
 
-#: Below this many entries a tensor's max |g| is cheaper inside one fused CPU inf-norm (see :func:`foreach_maxabs`).
+#: Below this many entries a tensor's max |g| is cheaper inside one fused CPU inf-norm (see ``foreach_maxabs()``).
 CPU_TINY = 1024
 
 #: CPU only: tensors of at most this many entries are reduced from one flat copy (one ``cat`` per run of equal
@@ -64,7 +64,7 @@ def _as_list(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 def _norm_dtype(dtype: torch.dtype, device: torch.device | None = None) -> torch.dtype | None:
     """The accumulation dtype of a norm: float32 for half types, the tensor's own otherwise; on CUDA, float64 for
-    float32 and bfloat16 (see :func:`foreach_norms`)."""
+    float32 and bfloat16 (see ``foreach_norms()``)."""
     if device is not None and device.type == "cuda" and dtype in _WIDE_ON_CUDA:
         return torch.float64
     return torch.float32 if dtype in LOW_PRECISION else None
@@ -114,7 +114,7 @@ def _scaled_norm(t: Tensor, plain: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- per-tensor reductions
 def foreach_norms(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     """Per-tensor L2 norms in one fused call (float32 accumulation for half types), finite wherever the entries are
-    (see :func:`finite_norms`).
+    (see ``finite_norms()``).
 
     Sparse gradients have no fused norm: with one among them, every tensor is measured on its own (a sparse one by its
     coalesced values).
@@ -139,7 +139,7 @@ def foreach_maxabs(grads: Sequence[Tensor], device: torch.device) -> Tensor:
     """Per-tensor max |g| (NaN propagates).
 
     One fused inf-norm on accelerators. On the CPU the inf-norm kernel costs about 5 ns per entry against 0.2 ns for
-    ``aminmax``, whose call costs about 5 us more (one thread, the 2-core CI machine): tensors under :data:`CPU_TINY`
+    ``aminmax``, whose call costs about 5 us more (one thread, the 2-core CI machine): tensors under ``CPU_TINY``
     entries go through one fused inf-norm, the others through ``aminmax`` (4x faster at 4,608 entries, 18x at 262,144).
     The fused inf-norm refuses sparse and empty tensors: when one would be in it, every tensor goes through ``aminmax``
     (a sparse one on its coalesced values; an empty one's max is 0).
@@ -194,7 +194,7 @@ def _aminmax_maxabs(grads: Sequence[Tensor]) -> Tensor:
 
 
 def norms_maxabs(grads: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-tensor L2 norms (as :func:`foreach_norms`) and max |g| (as :func:`foreach_maxabs`).
+    """Per-tensor L2 norms (as ``foreach_norms()``) and max |g| (as ``foreach_maxabs()``).
 
     On the CPU, where ``_foreach_norm`` is a loop over tensors anyway, both reductions of a tensor run back to back,
     while it is still in cache (a 1 MiB gradient is read from L2 the second time, not from memory: 20-25% less time
@@ -248,7 +248,7 @@ class Segments:
 
 @dataclass(frozen=True)
 class FlatPlan:
-    """The first ``count`` tensors of a list (CPU, at most :data:`FLAT_NUMEL` entries each) are reduced together from
+    """The first ``count`` tensors of a list (CPU, at most ``FLAT_NUMEL`` entries each) are reduced together from
     one flat copy, which costs one kernel for all of them instead of a few per tensor.
 
     Attributes:
@@ -304,7 +304,7 @@ def _trailing(p: Tensor) -> tuple[int, ...]:
 def _flatten(tensors: Sequence[Tensor], runs: Sequence[Run], dtype: torch.dtype) -> Tensor:
     """One 1-D copy of ``tensors`` in ``dtype``, in order, that shares no memory with them.
 
-    With ``runs`` (see :class:`FlatPlan`): one ``cat`` per run of tensors of the same trailing shape (a view and a
+    With ``runs`` (see ``FlatPlan``): one ``cat`` per run of tensors of the same trailing shape (a view and a
     copy per tensor cost four times as much). Each ``cat`` sizes its own output, so a parameter whose dtype changed
     after ``watch()`` is still measured right. Not ``cat`` into slices of one preallocated buffer: that would resize
     silently on such a change, and a ``cat`` that converts dtypes is 15x slower on the CPU.
@@ -346,8 +346,8 @@ def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.
                    plan: FlatPlan | None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
-    The first ``plan.count`` tensors (CPU only) go through the flat copy when they can (see :meth:`FlatPlan.copy`),
-    the rest through :func:`norms_maxabs`.
+    The first ``plan.count`` tensors (CPU only) go through the flat copy when they can (see ``FlatPlan.copy()``),
+    the rest through ``norms_maxabs()``.
     """
     work = plan.copy(tensors, acc) if plan is not None else None
     if plan is None or work is None:
@@ -362,7 +362,7 @@ def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.
 
 
 def param_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype, plan: FlatPlan | None) -> Tensor:
-    """Per-tensor sums of squares in ``acc`` (for the parameter norms): :func:`reduce_tensors` without norms or maxima.
+    """Per-tensor sums of squares in ``acc`` (for the parameter norms): ``reduce_tensors()`` without norms or maxima.
 
     Examples:
         >>> param_sumsq([torch.tensor([3.0, 4.0])], torch.float32, torch.float64, None)
@@ -400,8 +400,8 @@ class Bucket:
     """Watched parameters of one device and dtype (and, with several processes, one replication ``weight``), with
     index tensors cached by which of them take part in a step.
 
-    On the CPU (:meth:`plan_flat`) the parameters are ordered small first: the first ``flat.count`` (at most
-    :data:`FLAT_NUMEL` entries each) are reduced together from one flat copy.
+    On the CPU (``plan_flat()``) the parameters are ordered small first: the first ``flat.count`` (at most
+    ``FLAT_NUMEL`` entries each) are reduced together from one flat copy.
     """
 
     device: torch.device

@@ -1,14 +1,14 @@
 """``gradwatch report``: the diagnosis of finished (or crashed) runs, read back from their TensorBoard event files.
 
-Reading (:func:`find_runs`, :func:`load_run`) and diagnosing (:func:`diagnose`, a pure function of the loaded run)
-are separate; rendering is plain text (:func:`format_text`) or a rich table when ``rich`` is installed
+Reading (``find_runs()``, ``load_run()``) and diagnosing (``diagnose()``, a pure function of the loaded run)
+are separate; rendering is plain text (``format_text()``) or a rich table when ``rich`` is installed
 (``gradwatch[report]``). Event files are read record by record with TensorBoard's own loader, which stops at the last
 complete record: a file cut mid-record by a crash still yields everything written before the cut.
 
 Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; the episodes (which layers,
 from which step, until which, why) from the records under ``gradwatch/alerts`` (the JSON that
-:func:`gradwatch._sinks.episodes_markdown` writes beside the markdown when an episode starts, ends, or is still open at
-close, read by :func:`gradwatch._sinks.read_records`: the fields of each episode, never a message's words; the
+``gradwatch._sinks.episodes_markdown()`` writes beside the markdown when an episode starts, ends, or is still open at
+close, read by ``gradwatch._sinks.read_records()``: the fields of each episode, never a message's words; the
 per-symptom records of older logs likewise); the depth order and layer sizes from ``gradwatch/layers``; the global
 norm and clipping from ``gradwatch/global/*`` and ``gradwatch/clip/*``.
 """
@@ -80,7 +80,7 @@ class RunData:
 
 
 def parse_alerts(text: str) -> list[Symptom]:
-    """The alerts of one ``gradwatch/alerts`` text: the symptoms of its records (:func:`gradwatch._sinks.read_records`).
+    """The alerts of one ``gradwatch/alerts`` text: the symptoms of its records (``gradwatch._sinks.read_records()``).
 
     A text written before records existed has only its markdown lines; each gives what the line's fixed layout
     (``- **kind** (severity) at `layer`, step N: message``) holds, and nothing read from the message's prose: no onset
@@ -259,8 +259,7 @@ def diagnose(run: RunData) -> dict[str, Any]:
     vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, peak, trend, non-finite count),
     ``clipping``, ``advice`` (per kind), ``notes``.
 
-    Everything about an episode comes from its records' fields (:meth:`Episode.to_record
-    <gradwatch._episodes.Episode.to_record>`), never from a message's words. Runs written before episodes existed are
+    Everything about an episode comes from its records' fields (``Episode.to_record()``), never from a message's words. Runs written before episodes existed are
     read from their symptom records: one episode per kind and layer.
 
     Examples:
@@ -525,7 +524,7 @@ def _holds(run: RunData, a: Symptom, at: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- rendering
 def _episodes_of(r: Mapping[str, Any]) -> list[Episode]:
-    """The episodes of a :func:`diagnose` report, back as :class:`Episode` objects (for the table)."""
+    """The episodes of a ``diagnose()`` report, back as ``Episode`` objects (for the table)."""
     out = []
     for j in r["episodes"]:
         e = Episode(j["kind"], j["severity"], list(j["layers"]), j["onset"], j["detected"], j["last"], end=j["end"],

@@ -29,9 +29,9 @@ __all__ = [
 ALERTS_TAG = "gradwatch/alerts"
 """TensorBoard text tag under which every alert is written."""
 
-#: Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see :func:`alerts_markdown`).
+#: Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see ``alerts_markdown()``).
 RECORDS_MARKER = "<!-- gradwatch-records "
-"""Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see :func:`alerts_markdown`)."""
+"""Opens the HTML comment that holds a ``gradwatch/alerts`` text's records (see ``alerts_markdown()``)."""
 
 #: Closes that comment.
 RECORDS_END = " -->"
@@ -42,10 +42,10 @@ RECORDS_END = " -->"
 class Sink(Protocol):
     """Receives what the watcher measured. Implement it to send gradwatch's numbers anywhere.
 
-    Optional methods, called only on sinks that define them (see :mod:`gradwatch._dashboard`):
+    Optional methods, called only on sinks that define them (see ``gradwatch._dashboard``):
     ``write_run_info(step, info: RunInfo)`` once per run, ``write_histograms(step, {tag: Histogram})`` on histogram
     steps (numpy arrays and floats), ``write_images(step, {tag: png_bytes})`` on figure steps, and
-    ``write_episodes(step, events)``: the symptom episodes (:mod:`gradwatch._episodes`) that start or end at ``step``,
+    ``write_episodes(step, events)``: the symptom episodes (``gradwatch._episodes``) that start or end at ``step``,
     and those still open when the run closes; a sink that defines it receives them instead of ``write_alerts``.
 
     Examples:
@@ -137,8 +137,8 @@ class MemorySink:
 
 def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
     """The text written under ``gradwatch/alerts``: one markdown list item per symptom, for TensorBoard's text
-    dashboard, then the symptoms' records (:meth:`Symptom.to_record`) as JSON in an HTML comment, for programs
-    (:func:`read_records`). TensorBoard's sanitizer drops the comment: the dashboard shows the list only.
+    dashboard, then the symptoms' records (``Symptom.to_record()``) as JSON in an HTML comment, for programs
+    (``read_records()``). TensorBoard's sanitizer drops the comment: the dashboard shows the list only.
 
     Examples:
         >>> from gradwatch import Symptom
@@ -157,8 +157,7 @@ def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
 
 def episodes_markdown(events: Sequence[EpisodeEvent]) -> str:
     """The text written under ``gradwatch/alerts`` for episode events: one markdown list item per episode that
-    starts, ends, or is still open when the run closes, then their records (:meth:`Episode.to_record
-    <gradwatch._episodes.Episode.to_record>`) in an HTML comment (:func:`read_records`).
+    starts, ends, or is still open when the run closes, then their records (``Episode.to_record()``) in an HTML comment (``read_records()``).
 
     Examples:
         >>> from gradwatch import Symptom
@@ -193,7 +192,7 @@ Likely cause: a bad batch. Try a check of the data.
 
 
 def records_comment(symptoms: Sequence[Symptom]) -> str:
-    """The symptoms' records as one HTML comment: :data:`RECORDS_MARKER`, a JSON list, :data:`RECORDS_END`.
+    """The symptoms' records as one HTML comment: ``RECORDS_MARKER``, a JSON list, ``RECORDS_END``.
 
     ``<`` and ``>`` inside the JSON's strings are written as ``\\u003c`` and ``\\u003e``, so no layer name or message
     can end the comment early.
@@ -202,13 +201,13 @@ def records_comment(symptoms: Sequence[Symptom]) -> str:
 
 
 def records_text(records: Sequence[Mapping[str, Any]]) -> str:
-    """Records (JSON-ready dicts) as one HTML comment, as :func:`records_comment` writes them."""
+    """Records (JSON-ready dicts) as one HTML comment, as ``records_comment()`` writes them."""
     data = json.dumps(list(records), default=str)
     return RECORDS_MARKER + data.replace("<", "\\u003c").replace(">", "\\u003e") + RECORDS_END
 
 
 def read_records(text: str) -> list[dict[str, Any]]:
-    """The alert records (:meth:`Symptom.to_record` dicts) of a ``gradwatch/alerts`` text, in order; ``[]`` for a
+    """The alert records (``Symptom.to_record()`` dicts) of a ``gradwatch/alerts`` text, in order; ``[]`` for a
     text written before records existed. A comment whose JSON does not parse is skipped.
 
     Examples:
@@ -236,7 +235,7 @@ class TensorBoardSink:
     ``add_scalar`` call per tag. A writer the user passed in is flushed but never closed.
 
     Args:
-        log_dir: directory for a new writer (created by this sink, closed by :meth:`close`).
+        log_dir: directory for a new writer (created by this sink, closed by ``close()``).
         writer: an existing ``SummaryWriter`` (or any object with ``add_scalar`` and ``add_text``).
 
     Examples:
@@ -285,7 +284,7 @@ class TensorBoardSink:
 
     def write_episodes(self, step: int, events: Sequence[EpisodeEvent]) -> None:
         """One text under ``gradwatch/alerts`` for the episodes that start or end at ``step`` (or are still open when
-        the run closes): :func:`episodes_markdown`."""
+        the run closes): ``episodes_markdown()``."""
         if events:
             self._write_text(step, episodes_markdown(events))
 
@@ -308,7 +307,7 @@ class TensorBoardSink:
         file_writer.add_summary(text_summary(LAYERS_TAG, layers_markdown(info.layers)), step)
 
     def write_histograms(self, step: int, histograms: Mapping[str, Any]) -> None:
-        """Per-layer histograms (:class:`gradwatch._histograms.Histogram`), all in one event."""
+        """Per-layer histograms (``gradwatch._histograms.Histogram``), all in one event."""
         if not histograms:
             return
         file_writer = _file_writer(self.writer)

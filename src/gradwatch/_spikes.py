@@ -1,6 +1,6 @@
 """The ``spike`` rule: a global gradient norm or a loss far above its running baseline.
 
-The baseline is the one :class:`~gradwatch.clipping.ZScoreClip` keeps (the arithmetic lives in ``_zscore``): a warm-up
+The baseline is the one ``ZScoreClip`` keeps (the arithmetic lives in ``_zscore``): a warm-up
 mean and variance, then an EMA of the mean and variance updated with the *clipped* value, so that a spike does not
 raise the bar for the next one. A value is a spike when its z-score is above ``Thresholds.spike_z`` (OLMo skips steps
 above mean + 6 sigma) **and** it is clearly larger than the mean (``spike_factor`` times it for the gradient norm, 10

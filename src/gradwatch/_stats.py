@@ -1,8 +1,8 @@
 """The statistics engine: per-layer gradient norms, maxima and non-finite flags from fused ops, on the device.
 
 Nothing in this module reads a device value on the host: every result stays a tensor until the watcher moves one
-packed vector to the host, once per logged step. The reductions themselves live in :mod:`gradwatch._reductions`; with
-several processes a :class:`StatsBackend` (:class:`gradwatch._distributed.DistributedContext`) does the work instead.
+packed vector to the host, once per logged step. The reductions themselves live in ``gradwatch._reductions``; with
+several processes a ``StatsBackend`` (``gradwatch._distributed.DistributedContext``) does the work instead.
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ class GradGroup:
 
 @dataclass
 class GradBatch:
-    """Everything a clipper needs about this step's gradients, all on the device: what :meth:`Clipper.clip
-    <gradwatch.clipping.Clipper.clip>` receives.
+    """Everything a clipper needs about this step's gradients, all on the device: what ``Clipper.clip()`` receives.
 
     Attributes:
         groups: the gradients grouped by (device, dtype).
@@ -131,7 +130,7 @@ class DeviceStats:
     @property
     def nonfinite(self) -> Tensor:
         """(L,) 0 finite, 1 NaN, 2 Inf, on the device: built only when a decision needs it on the device (the host
-        derives the same codes from the packed sums and maxima, see :func:`host_nonfinite_codes`)."""
+        derives the same codes from the packed sums and maxima, see ``host_nonfinite_codes()``)."""
         # 1 where a NaN reached the sum of squares or the max (a NaN + anything is NaN; a collective MAX may drop a
         # NaN, a SUM does not), else 2 where the max is Inf (a sum of squares that overflowed from finite entries is
         # not Inf).
@@ -140,13 +139,13 @@ class DeviceStats:
 
 
 def host_nonfinite_codes(sumsq: np.ndarray, maxabs: np.ndarray) -> np.ndarray:
-    """:attr:`DeviceStats.nonfinite` from the sums of squares and maxima on the host (int64)."""
+    """``DeviceStats.nonfinite`` from the sums of squares and maxima on the host (int64)."""
     return np.where(np.isnan(sumsq + maxabs), 1, np.where(np.isinf(maxabs), 2, 0))
 
 
 class StatsBackend(Protocol):
     """Who computes the statistics in place of the engine's single-process path (several processes:
-    :class:`gradwatch._distributed.DistributedContext`, which reduces them across ranks)."""
+    ``gradwatch._distributed.DistributedContext``, which reduces them across ranks)."""
 
     def compute(self, layer_names: Sequence[str], *, with_params: bool) -> DeviceStats:
         """This step's statistics of every layer (with the parameter norms if ``with_params``)."""
@@ -195,7 +194,7 @@ class StatsEngine:
     The grouping of parameters by (device, dtype) is computed once and re-checked cheaply each step (a model moved
     with ``.to()`` after ``watch`` is regrouped). A parameter assigned anew on its module after ``watch``
     (``model[0].weight = nn.Parameter(...)``) is followed: the engine looks for one only when a parameter was registered
-    somewhere since the last step (one integer comparison a step, see :func:`gradwatch._layers.follow_layers`).
+    somewhere since the last step (one integer comparison a step, see ``gradwatch._layers.follow_layers()``).
     """
 
     def __init__(self, layers: Sequence[Layer], *, dist: StatsBackend | None = None) -> None:
@@ -208,7 +207,7 @@ class StatsEngine:
 
     def close(self) -> None:
         """Drop every reference to the parameters."""
-        self._layers.clear()  # in place: whoever holds :attr:`layers` lets go of them too
+        self._layers.clear()  # in place: whoever holds ``layers`` lets go of them too
         self._buckets = []
 
     @property
@@ -253,7 +252,7 @@ class StatsEngine:
 
         With several processes the statistics are reduced across ranks (one collective); ``with_params`` then also
         measures the parameter norms in the same collective (``DeviceStats.param_norm``). In one process it is
-        ignored: :meth:`param_norms` measures them.
+        ignored: ``param_norms()`` measures them.
         """
         if self._dist is not None:
             return self._dist.compute(self.layer_names, with_params=with_params)

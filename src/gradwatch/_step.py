@@ -1,4 +1,4 @@
-"""One step of the watcher: its record, from the device vector to the host values; the :class:`StepReport` that
+"""One step of the watcher: its record, from the device vector to the host values; the ``StepReport`` that
 reads it; and the host-side values made from it (TensorBoard scalars, amp events)."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Record:
 
 
 class StepReport:
-    """What one :meth:`Watcher.step` found. Values materialise on first access: reading one may wait for the device.
+    """What one ``Watcher.step()`` found. Values materialise on first access: reading one may wait for the device.
 
     Attributes:
         step: the step number (0-based count of ``watcher.step()`` calls).
@@ -187,7 +187,7 @@ def step_scalars(stats: HostStats, tags: list[str] | None = None) -> dict[str, f
     """The per-layer and global scalars of a logged step (and the update ratios, with an optimizer attached).
 
     ``tags``: the per-layer tags (``grad_norm``, ``grad_max``, ``param_norm`` of each layer in turn), made once by
-    :func:`layer_tags`; with them, a step where every layer has a gradient builds its dict without a Python loop.
+    ``layer_tags()``; with them, a step where every layer has a gradient builds its dict without a Python loop.
     """
     out: dict[str, float]
     if tags is not None and stats.param_norm is not None and stats.has_grad.all():

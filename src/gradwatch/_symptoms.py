@@ -59,7 +59,7 @@ class Symptom:
 
     The facts behind the alert are fields (``since``, ``evidence``, ``cause``, ``advice``...); ``message`` is the
     English text made from them, for people. Programs (the ``gradwatch report`` command, a sink) read the fields, or
-    the JSON record of :meth:`to_record`, never the message.
+    the JSON record of ``to_record()``, never the message.
 
     Attributes:
         kind: ``"nonfinite"``, ``"vanishing"``, ``"exploding"``, ``"spike"``, ``"saturated"`` or ``"dead"``
@@ -123,7 +123,7 @@ class Symptom:
         advice: str | None = None,
         since: int | None = None,
     ) -> Symptom:
-        """A symptom whose message is made of its parts: ``evidence``, ``detail``, then the remedy (:attr:`remedy`).
+        """A symptom whose message is made of its parts: ``evidence``, ``detail``, then the remedy (``remedy``).
 
         Examples:
             >>> s = Symptom.described("nonfinite", "fc", 3, float("nan"), 0.0, "error",
@@ -177,7 +177,7 @@ class Symptom:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Symptom:
-        """The symptom of a :meth:`to_record` dict; keys other than ``kind`` and ``step`` may be missing (a record
+        """The symptom of a ``to_record()`` dict; keys other than ``kind`` and ``step`` may be missing (a record
         of another version): they take their defaults (``value`` and ``threshold`` NaN, ``severity`` ``"warning"``).
 
         Raises:

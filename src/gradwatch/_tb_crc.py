@@ -6,7 +6,7 @@ on the writer's background thread but holding the GIL. A logged step of a 500-la
 of Python per step, which stalls the training thread (docs/performance.md). ``google-crc32c`` (a gradwatch
 dependency) computes the same checksum in C in microseconds.
 
-:func:`install` swaps it in, once per process, only when the C implementation is present and gives the same value
+``install()`` swaps it in, once per process, only when the C implementation is present and gives the same value
 as tensorboard's on a test record, and only if the function is still tensorboard's own (nobody else replaced it).
 Files written are byte for byte the same. ``GRADWATCH_FAST_CRC=0`` in the environment leaves tensorboard untouched.
 """

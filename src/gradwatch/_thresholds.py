@@ -29,7 +29,7 @@ class Thresholds:
             flagged as jumps or non-finite do not update it).
         spike_z: the ``spike`` rule fires when the global gradient norm (before clipping), or the loss passed to
             ``watcher.step(loss=...)``, is this many standard deviations above its EMA mean (OLMo uses 6; ``inf``
-            disables the rule). See :mod:`gradwatch._spikes`.
+            disables the rule). See ``gradwatch._spikes``.
         spike_factor: ... and the gradient norm is also at least this many times its EMA mean (>= 1). Healthy runs
             have steep swings: up to ~8x the EMA in tests/zoo.py runs, 11x for two steps in a GPT-2 from
             ``transformers`` trained with AdamW (the loss unmoved), hence 25.
@@ -42,7 +42,7 @@ class Thresholds:
             zero for the whole batch has dead units.
         activation_patience: sampled steps ``saturated`` or ``dead`` must hold before it is reported.
         divergence_factor: the ``divergence`` rule fires when the loss (the median of the last three steps) is this
-            many times its lowest level so far (:mod:`gradwatch._divergence`; ``inf`` disables this test) ...
+            many times its lowest level so far (``gradwatch._divergence``; ``inf`` disables this test) ...
         divergence_floor: ... where "times" is measured against at least this fraction of the starting loss (a
             loss that fell near zero may triple in noise without diverging) ...
         divergence_start_factor: ... or when it is this many times the starting loss (a run that never learned;

@@ -1,11 +1,11 @@
 """Transport of packed step vectors to the host, and their delivery there: pending records, transfers, unpacking;
 then evaluation, history, sinks.
 
-Steps queue their packed device vector here. :meth:`Transport.send` moves every step not yet on its way as one
-vector (one transfer per logged step): on the CPU it is there at once, and :meth:`Transport.process_ready` delivers it
+Steps queue their packed device vector here. ``Transport.send()`` moves every step not yet on its way as one
+vector (one transfer per logged step): on the CPU it is there at once, and ``Transport.process_ready()`` delivers it
 within the same ``step()``; on CUDA it is a non-blocking copy into pinned memory, read once its event says it has
 landed (the next step, usually), so that a step never waits for the device unless asked to
-(:meth:`Transport.resolve`). :class:`Delivery` is what happens to a step once on the host.
+(``Transport.resolve()``). ``Delivery`` is what happens to a step once on the host.
 """
 
 from __future__ import annotations

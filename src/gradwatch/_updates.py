@@ -1,6 +1,6 @@
 """Per-layer update-to-weight ratios: ``||Δw|| / ||w||`` of each watched layer's last optimizer step.
 
-``watch(model, optimizer=opt)`` gives each optimizer a pair of step hooks (:class:`UpdateTracker`):
+``watch(model, optimizer=opt)`` gives each optimizer a pair of step hooks (``UpdateTracker``):
 
 * the **pre-hook** measures ``||w||²`` of every watched parameter the optimizer holds, before the step (one fused
   ``torch._foreach_norm`` per parameter group, device and dtype; no copy);
@@ -28,11 +28,11 @@
   taken in the pre-hook and subtracted in the post-hook (extra memory: those parameters' size, while it steps). A
   sparse gradient under SGD is densified (one dense copy of that gradient).
 
-**Memory.** The exact paths cut big tensors into views (:func:`pieces`) and run the fused ops on batches of views, in
+**Memory.** The exact paths cut big tensors into views (``pieces()``) and run the fused ops on batches of views, in
 place as far as they can: one batch-sized temporary (the update being rebuilt), two when a hyper-parameter is a
 device tensor, none for momentum SGD or SGD without weight decay (a norm times ``lr``), plus a float32 copy for the
-norm of a half-precision batch. Batches are sized so that these temporaries stay under :data:`MEMORY_FRACTION` of
-the optimised watched parameters' bytes, or under :data:`MIN_BUDGET` bytes for models so small (under about 5 MB)
+norm of a half-precision batch. Batches are sized so that these temporaries stay under ``MEMORY_FRACTION`` of
+the optimised watched parameters' bytes, or under ``MIN_BUDGET`` bytes for models so small (under about 5 MB)
 that 5% would make the batches uselessly small. Between steps the tracker holds one number per parameter and two per
 layer.
 
@@ -190,7 +190,7 @@ class _Slot:
 
 @dataclass
 class _Plan:
-    """How the kept parameters of a slot are cut into views (:func:`pieces`) and batched."""
+    """How the kept parameters of a slot are cut into views (``pieces()``) and batched."""
 
     owner: list[int]  # per view, in stream order: the position of its parameter among the kept ones
     owner_t: Tensor | None  # the same on the device; None when every parameter is one view
@@ -242,7 +242,7 @@ class _Recipe:
     adam: tuple[list[Tensor], list[Tensor], list[Scalar], list[Scalar], float] | None = None
 
     def temporaries(self) -> int:
-        """Batch-sized temporaries :meth:`_Streams.norms` holds at once: none for one term without ``c`` (a norm
+        """Batch-sized temporaries ``_Streams.norms()`` holds at once: none for one term without ``c`` (a norm
         times the scale), one for the sum being built, two when a term is added with a device-tensor scale."""
         if self.adam is None and len(self.terms) == 1 and _zero(self.c):
             return 0
@@ -307,7 +307,7 @@ _RECIPES: dict[str, Callable[[Optimizer, dict[str, Any], list[nn.Parameter]], _R
 
 
 class _Streams:
-    """A recipe's tensors as view streams, cut once per slot and step (:meth:`_Plan.cut`)."""
+    """A recipe's tensors as view streams, cut once per slot and step (``_Plan.cut()``)."""
 
     def __init__(self, r: _Recipe, plan: _Plan) -> None:
         self.c = r.c
@@ -320,7 +320,7 @@ class _Streams:
 
     def norms(self, s: int, e: int, dtype: torch.dtype) -> Tensor:
         """Per view of the batch ``[s, e)``: ``||c·w + Σ scale·x + adam||``, built in place in one temporary (see
-        :meth:`_Recipe.temporaries`)."""
+        ``_Recipe.temporaries()``)."""
         acc: Any  # a list of tensors (torch's stubs do not know every foreach overload)
         if self.adam is not None:
             m, v, size, corr, eps = self.adam
@@ -570,7 +570,7 @@ class UpdateTracker:
 
 
 def check_optimizers(layers: Sequence[Layer], optimizers: Sequence[Optimizer]) -> None:
-    """Raise :class:`~gradwatch.ConfigurationError` when optimizers are given but none holds a watched parameter
+    """Raise ``ConfigurationError`` when optimizers are given but none holds a watched parameter
     (a different model's optimizer, or ``layers=`` globs that leave out everything it optimises).
 
     Examples:

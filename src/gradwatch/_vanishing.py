@@ -4,7 +4,7 @@ What is compared:
 - **the learning signal**: the layer's update-to-weight ratio when an optimizer is attached (``watch(optimizer=)``),
   which is what the layer actually learns under any optimizer (Adam normalises each entry, so a small gradient is not
   a small update); without one, the gradient RMS (``grad_norm / sqrt(numel)``);
-- **with its peers**: layers of the same role along the depth (:mod:`gradwatch._roles`): block 0's query projection
+- **with its peers**: layers of the same role along the depth (``gradwatch._roles``): block 0's query projection
   with block 11's, never the embeddings with a norm gain. A layer is starved when its signal is below
   ``vanishing_ratio`` times the strongest of its *deeper* peers: the decay runs toward the input, as the gradient
   fades on its way back through the stack;
@@ -89,7 +89,7 @@ def learning_signal(stats: Any, rms: np.ndarray) -> tuple[np.ndarray, str]:
 
 def vanishing_symptoms(stats: Any, th: Thresholds, state: VanishingState, chains: Chains,
                        traits: ModelTraits) -> list[Symptom]:
-    """``stats`` is a :class:`gradwatch._rules.HostStats`."""
+    """``stats`` is a ``gradwatch._rules.HostStats``."""
     rms = stats.rms()
     signal, measure = learning_signal(stats, rms)
     usable = np.isfinite(rms) & (np.isfinite(signal) | (rms < th.vanishing_rms))

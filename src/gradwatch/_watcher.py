@@ -2,13 +2,13 @@
 
 A step flows through small stages, each in its own module:
 
-1. measurement on the device (:mod:`gradwatch._measure`: statistics, clipping, the step's values), packed as the
-   layout says (:mod:`gradwatch._layout`);
-2. actions that must be decided before ``optimizer.step()`` (:mod:`gradwatch._actions`: skip or raise on non-finite
+1. measurement on the device (``gradwatch._measure``: statistics, clipping, the step's values), packed as the
+   layout says (``gradwatch._layout``);
+2. actions that must be decided before ``optimizer.step()`` (``gradwatch._actions``: skip or raise on non-finite
    gradients, skip a spike);
-3. transport to the host (:mod:`gradwatch._transport`: one transfer per logged step, non-blocking on CUDA);
-4. evaluation on the host (:mod:`gradwatch._evaluate`: the rules turn statistics into symptoms);
-5. fan-out (:mod:`gradwatch._fanout`: sinks, warnings, log lines).
+3. transport to the host (``gradwatch._transport``: one transfer per logged step, non-blocking on CUDA);
+4. evaluation on the host (``gradwatch._evaluate``: the rules turn statistics into symptoms);
+5. fan-out (``gradwatch._fanout``: sinks, warnings, log lines).
 
 A step needs the host early only when a decision depends on it (``on_nonfinite="skip"`` or ``"raise"``,
 ``on_spike="skip"``) or when the caller reads a value of the step's report.
@@ -42,9 +42,9 @@ __all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "
 
 
 class Watcher:
-    """Watches a model's gradients: statistics, symptoms, clipping and actions. Create it with :func:`watch`.
+    """Watches a model's gradients: statistics, symptoms, clipping and actions. Create it with ``watch()``.
 
-    Call :meth:`step` once per optimizer step, after ``backward()`` (and after ``scaler.unscale_(optimizer)`` under
+    Call ``step()`` once per optimizer step, after ``backward()`` (and after ``scaler.unscale_(optimizer)`` under
     AMP), before ``optimizer.step()``. Close it (or use it as a context manager); one dropped unclosed is released
     when collected, with a ``ResourceWarning``.
 
@@ -135,14 +135,14 @@ class Watcher:
             reduce_flag: combines this process's decision flag (a 0-d tensor, > 0 when the step is bad) with the
                 other processes' (an all-reduce MAX), so that ``"skip"`` and ``"raise"`` (and ``on_spike="skip"``)
                 decide the same everywhere. Not needed when ``torch.distributed`` is initialised: the statistics, hence
-                the flags, are reduced across ranks already (see :attr:`distributed`).
+                the flags, are reduced across ranks already (see ``distributed``).
                 Called on every step where a decision is taken, on every process.
             log: whether this step writes its per-layer scalars. ``None`` (default): gradwatch's cadence decides
                 (``every_n_steps``); adapters pass ``True``/``False`` to follow their trainer's logging steps.
                 Symptoms are written whenever they occur either way.
 
         Returns:
-            The step's :class:`StepReport`. Reading its values may wait for the device; not reading them keeps the
+            The step's ``StepReport``. Reading its values may wait for the device; not reading them keeps the
             step free of host syncs (on CUDA). On the CPU the step is evaluated and written within this call.
 
         Raises:
@@ -196,9 +196,9 @@ class Watcher:
         return self._s.state_dict(self._step, self.layer_names)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output. The watched layers must be the same; a state that does not fit
+        """Restore ``state_dict()``'s output. The watched layers must be the same; a state that does not fit
         (another length per layer, a clipper's state without a clipper, a damaged entry) raises
-        :class:`~gradwatch.ConfigurationError` naming what is wrong, and changes nothing."""
+        ``ConfigurationError`` naming what is wrong, and changes nothing."""
         self._step = self._s.load_state_dict(state, self.layer_names)
 
     def summary(self) -> str:
@@ -225,7 +225,7 @@ class Watcher:
         return iter(self.layer_names)
 
     def add_cleanup(self, handle: Any) -> None:
-        """Register something with a ``remove()`` method (a hook handle) to be removed by :meth:`close`."""
+        """Register something with a ``remove()`` method (a hook handle) to be removed by ``close()``."""
         self._s.cleanups.append(handle)
 
     # ------------------------------------------------------------------ the stages' glue
@@ -292,16 +292,16 @@ def watch(
         log_dir: write TensorBoard event files there (a new ``SummaryWriter``, closed by ``close()``).
         writer: or write through this ``SummaryWriter`` (flushed, never closed by gradwatch).
         every_n_steps: write per-layer scalars every this many steps (>= 1). Symptoms are logged whenever they occur.
-        thresholds: the rules' parameters; ``None`` for the calibrated defaults (:class:`Thresholds`).
+        thresholds: the rules' parameters; ``None`` for the calibrated defaults (``Thresholds``).
         clip: ``None``; a float (global L2 max norm, as ``clip_grad_norm_``); or a clipper from
-            :mod:`gradwatch.clipping`.
+            ``gradwatch.clipping``.
         on_nonfinite: ``"warn"`` (symptom and Python warning), ``"raise"`` (flush logs, raise
-            :class:`~gradwatch.NonFiniteGradientError`), ``"skip"`` (set every gradient to ``None`` so
+            ``NonFiniteGradientError``), ``"skip"`` (set every gradient to ``None`` so
             ``optimizer.step()`` changes nothing; ``report.skipped``), ``"ignore"`` (symptom and logs only).
         layers: fnmatch glob(s) over layer names choosing what is watched (default: every layer). Statistics, rules,
             the global norm and clipping all cover the watched layers only.
-        sinks: more :class:`~gradwatch._sinks.Sink` objects (a :class:`~gradwatch._sinks.MemorySink`, say).
-        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, :mod:`gradwatch._spikes`):
+        sinks: more ``Sink`` objects (a ``MemorySink``, say).
+        on_spike: what to do on a ``spike`` symptom (a gradient-norm or loss spike, ``gradwatch._spikes``):
             ``"warn"`` (symptom and Python warning), ``"skip"`` (also set every gradient to ``None`` so
             ``optimizer.step()`` changes nothing; ``report.skipped``; each step then waits for the device once),
             ``"ignore"`` (symptom and logs only).
@@ -338,7 +338,7 @@ def watch(
             or ``None`` (default: leave the logger as it is; INFO unless you set it).
 
     Returns:
-        A :class:`Watcher`; also a context manager that closes it.
+        A ``Watcher``; also a context manager that closes it.
 
     Raises:
         ConfigurationError: for any invalid argument, naming the value and the valid choices.

@@ -52,7 +52,7 @@ class WeightState:
 
 def weight_symptoms(stats: Any, th: Thresholds, state: WeightState, traits: ModelTraits,
                     active: dict[tuple[str, str | None], int]) -> list[Symptom]:
-    """``stats`` is a :class:`gradwatch._rules.HostStats`; ``active`` the symptoms holding at the previous step."""
+    """``stats`` is a ``gradwatch._rules.HostStats``; ``active`` the symptoms holding at the previous step."""
     if state.first_bad_gradient < 0 and stats.nonfinite.any():
         state.first_bad_gradient = stats.step
     out = _exploding_updates(stats, th, state, traits, active)

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail_on_kinds(text: str) -> list[str]:
-    """``--fail-on``'s comma-separated kinds (any case), each one of :data:`FAIL_ON_KINDS`; a typo is an error, never
+    """``--fail-on``'s comma-separated kinds (any case), each one of ``FAIL_ON_KINDS``; a typo is an error, never
     a gate that cannot fire."""
     kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in FAIL_ON_KINDS]

@@ -1,6 +1,6 @@
 """Gradient clippers: one small interface, device-side and branch-free.
 
-A clipper receives the step's :class:`GradBatch` (gradients grouped by device and dtype, one :class:`GradGroup` each,
+A clipper receives the step's ``GradBatch`` (gradients grouped by device and dtype, one ``GradGroup`` each,
 with their per-tensor norms and the global norm already computed) and rescales the gradients in place. It never reads a
 device value on the host: a coefficient is applied with ``clamp`` rather than ``if coef < 1`` (an ``if`` on a device
 value is a host sync). A clipper may keep state (a running statistic, say); that state round-trips through
@@ -8,13 +8,13 @@ value is a host sync). A clipper may keep state (a running statistic, say); that
 
 The clippers (docs/clipping.md, "Choosing a clipping rule", compares them):
 
-* :class:`NormClip`, :class:`ValueClip`: ``clip_grad_norm_`` and ``clip_grad_value_``;
-* :class:`ZScoreClip` (ZClip) and :class:`PercentileClip` (AutoClip): a global norm bound that follows the norm's
+* ``NormClip``, ``ValueClip``: ``clip_grad_norm_`` and ``clip_grad_value_``;
+* ``ZScoreClip`` (ZClip) and ``PercentileClip`` (AutoClip): a global norm bound that follows the norm's
   history;
-* :class:`AGC` (NFNets' adaptive gradient clipping, per unit) and :class:`LayerNormClip` (per layer).
+* ``AGC`` (NFNets' adaptive gradient clipping, per unit) and ``LayerNormClip`` (per layer).
 
-A clipper of your own subclasses :class:`Clipper` and returns a :class:`ClipResult`; :func:`global_coef` and
-:func:`scale_all` do the arithmetic of one global coefficient without a host sync.
+A clipper of your own subclasses ``Clipper`` and returns a ``ClipResult``; ``global_coef()`` and
+``scale_all()`` do the arithmetic of one global coefficient without a host sync.
 
 >>> import torch
 >>> from torch import nn
@@ -58,7 +58,7 @@ __all__ = [
 
 
 def as_clipper(clip: float | Clipper | None) -> Clipper | None:
-    """Turn ``watch(clip=...)`` into a clipper: ``None``, a float (global L2 max norm) or a :class:`Clipper`.
+    """Turn ``watch(clip=...)`` into a clipper: ``None``, a float (global L2 max norm) or a ``Clipper``.
 
     Examples:
         >>> as_clipper(1.0)

@@ -1,6 +1,6 @@
 """``GradWatchCallback``: gradwatch's engine inside any PyTorch Lightning ``Trainer``.
 
-The callback is a thin adapter over :class:`gradwatch.Watcher`: it creates the watcher in ``on_fit_start`` (with the
+The callback is a thin adapter over ``gradwatch.Watcher``: it creates the watcher in ``on_fit_start`` (with the
 Trainer's optimizers, for the per-layer update-to-weight ratios), calls
 ``watcher.step()`` in ``on_before_optimizer_step`` (gradients unscaled, accumulated and all-reduced, not yet clipped),
 and maps Lightning's loggers, AMP scaler, ranks and checkpoints onto the watcher. It works with Trainers from both
@@ -86,19 +86,19 @@ def engine_action(on_nonfinite: OnNonFinite) -> NonFiniteAction:
 class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
     """Per-layer gradient statistics, symptoms, clipping and actions in a Lightning ``Trainer``.
 
-    It takes :func:`gradwatch.watch`'s configuration, minus the model and the writer, which come from the Trainer.
+    It takes ``gradwatch.watch()``'s configuration, minus the model and the writer, which come from the Trainer.
 
     Args:
         every_n_steps: write per-layer scalars every this many optimizer steps; ``None`` follows
             ``Trainer(log_every_n_steps=...)``. Symptoms are logged whenever they occur.
-        thresholds: the rules' parameters (:class:`gradwatch.Thresholds`); ``None`` for the defaults.
-        clip: ``None``, a float (global L2 max norm) or a clipper from :mod:`gradwatch.clipping`; applied in
+        thresholds: the rules' parameters (``gradwatch.Thresholds``); ``None`` for the defaults.
+        clip: ``None``, a float (global L2 max norm) or a clipper from ``gradwatch.clipping``; applied in
             ``on_before_optimizer_step``. Do not also set ``Trainer(gradient_clip_val=...)``.
-        on_nonfinite: ``"warn"``, ``"raise"`` (flush the logs, raise :class:`gradwatch.NonFiniteGradientError`),
+        on_nonfinite: ``"warn"``, ``"raise"`` (flush the logs, raise ``gradwatch.NonFiniteGradientError``),
             ``"skip"`` (the optimizer step changes nothing), ``"stop"`` (skip the step, then end ``fit`` after it:
             ``trainer.should_stop``), or ``"ignore"``. Decided identically on every rank.
         layers: fnmatch glob(s) over layer names (qualified module names inside the LightningModule).
-        sinks: more :class:`gradwatch.Sink` objects (written on global rank zero only).
+        sinks: more ``gradwatch.Sink`` objects (written on global rank zero only).
         progress_bar: also show the global gradient norm (``grad_norm``) in the progress bar on logging steps.
         amp_overflow_patience: under ``precision="16-mixed"``, the Trainer's GradScaler is the watcher's ``scaler``:
             its overflows are ``amp_overflow`` events while its scale keeps falling, ``nonfinite`` symptoms once it has
@@ -106,21 +106,21 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
             the scale alone; an int: also this many consecutive overflows are ``nonfinite`` symptoms.
         summary: print the symptom summary at the end of ``fit`` (global rank zero).
         on_spike: ``"warn"``, ``"skip"`` (a gradient-norm or loss spike's optimizer step changes nothing; decided
-            identically on every rank) or ``"ignore"``, as in :func:`gradwatch.watch`. The loss is the training
+            identically on every rank) or ``"ignore"``, as in ``gradwatch.watch()``. The loss is the training
             step's.
-        histogram_every_n_steps: per-layer histograms every this many steps, as in :func:`gradwatch.watch` (written
+        histogram_every_n_steps: per-layer histograms every this many steps, as in ``gradwatch.watch()`` (written
             through a ``TensorBoardLogger``; off by default).
-        histograms: what to histogram: ``"grad"`` and/or ``"param"``, as in :func:`gradwatch.watch`.
-        figure_every_n_steps: the gradient-flow figure every this many steps, as in :func:`gradwatch.watch`.
+        histograms: what to histogram: ``"grad"`` and/or ``"param"``, as in ``gradwatch.watch()``.
+        figure_every_n_steps: the gradient-flow figure every this many steps, as in ``gradwatch.watch()``.
         activations: forward/backward hooks for activation statistics, the gradient flowing out of each module and the
-            ``saturated``/``dead`` symptoms, as in :func:`gradwatch.watch` (docs/activations.md).
+            ``saturated``/``dead`` symptoms, as in ``gradwatch.watch()`` (docs/activations.md).
         activation_every_n_steps: sample activations every this many steps (default: the logging interval).
         nan_origin: ``"off"``, ``"sampled"`` or ``"every_step"``: find the module where a NaN/Inf first appeared.
-        verbose: how much gradwatch says on the console, as in :func:`gradwatch.watch` (``True``, ``False`` for
+        verbose: how much gradwatch says on the console, as in ``gradwatch.watch()`` (``True``, ``False`` for
             errors only, a ``logging`` level, or ``None`` to leave the ``gradwatch`` logger as it is).
 
     Attributes:
-        watcher: the :class:`gradwatch.Watcher` of the current (or last) ``fit``; ``None`` before ``setup``.
+        watcher: the ``gradwatch.Watcher`` of the current (or last) ``fit``; ``None`` before ``setup``.
 
     Raises:
         ConfigurationError: for an invalid argument; at ``setup`` when the Trainer also clips.
@@ -293,7 +293,7 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output now, or at ``setup`` if the watcher does not exist yet."""
+        """Restore ``state_dict()``'s output now, or at ``setup`` if the watcher does not exist yet."""
         if not state_dict:
             return
         if not isinstance(state_dict, Mapping) or state_dict.get("version") != 1:  # checked whole when it is loaded

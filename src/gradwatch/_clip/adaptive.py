@@ -1,4 +1,4 @@
-"""Adaptive global-norm clippers: :class:`ZScoreClip` (ZClip) and :class:`PercentileClip` (AutoClip).
+"""Adaptive global-norm clippers: ``ZScoreClip`` (ZClip) and ``PercentileClip`` (AutoClip).
 
 Both rescale every gradient by one coefficient ``min(1, bound / total_norm)``; they differ in how the bound follows the
 history of the global norm. Their state is a handful of tensors on the gradients' device, updated with ``torch.where``:
@@ -93,7 +93,7 @@ class ZScoreClip(Clipper):
 
     @property
     def steps_seen(self) -> int:
-        """Number of :meth:`clip` calls so far (warm-up is over once it reaches ``warmup_steps``)."""
+        """Number of ``clip()`` calls so far (warm-up is over once it reaches ``warmup_steps``)."""
         return self._seen
 
     def _place(self, like: Tensor) -> None:
@@ -180,7 +180,7 @@ class PercentileClip(Clipper):
 
     Args:
         percentile: the percentile of the history to clip at, in ``(0, 100]`` (AutoClip's best was 10).
-        window: how many recent norms to keep, from 1 to :data:`MAX_WINDOW` (1,000,000: the window is sorted at
+        window: how many recent norms to keep, from 1 to ``MAX_WINDOW`` (1,000,000: the window is sorted at
             every step).
 
     >>> import torch

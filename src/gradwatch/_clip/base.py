@@ -25,7 +25,7 @@ class ClipResult:
         threshold: the threshold used this step (a norm or a value), if the rule has one.
         coef: the scale applied (1.0 when nothing was clipped), for rules with one global coefficient; the smallest
             scale applied to any unit for per-unit rules.
-        active_frac: for per-unit rules (:class:`~gradwatch.clipping.AGC`, :class:`~gradwatch.clipping.LayerNormClip`),
+        active_frac: for per-unit rules (``AGC``, ``LayerNormClip``),
             the fraction of units whose gradient was rescaled this step.
         clipped: whether any gradient was changed this step (a boolean tensor, or a bool).
 
@@ -44,8 +44,8 @@ class ClipResult:
 class Clipper(ABC):
     """Base class of gradwatch's clippers.
 
-    Subclasses implement :meth:`clip`. Those that keep state override :meth:`state_dict` and
-    :meth:`load_state_dict`, keeping it as tensors on the gradients' device so that no step needs a host sync.
+    Subclasses implement ``clip()``. Those that keep state override ``state_dict()`` and
+    ``load_state_dict()``, keeping it as tensors on the gradients' device so that no step needs a host sync.
 
     Examples:
         A clipper that halves every gradient (``batch.groups`` holds the gradients by device and dtype):
@@ -73,7 +73,7 @@ class Clipper(ABC):
         """Rescale ``batch``'s gradients in place and say what was done."""
 
     def check_layers(self, layer_names: Sequence[str]) -> None:
-        """Raise :class:`~gradwatch.ConfigurationError` if the clipper's options do not fit these watched layers (a
+        """Raise ``ConfigurationError`` if the clipper's options do not fit these watched layers (a
         pattern that matches none, say). The watcher calls it once, when it is built, before touching anything."""
         return None  # nothing to check by default
 
@@ -82,7 +82,7 @@ class Clipper(ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what ``state_dict()`` returned."""
         if state:
             raise ConfigurationError(
                 f"{type(self).__name__} keeps no state, but load_state_dict got keys {sorted(state)}.")
@@ -97,7 +97,7 @@ def global_coef(norm: Tensor, bound: Tensor | float) -> Tensor:
     ``nonfinite`` rule's business: scaling it would only smear NaN over every gradient).
 
     The coefficient that brings a global norm down to ``bound``, computed on the device without a host sync: pass it
-    to :func:`scale_all`.
+    to ``scale_all()``.
 
     Examples:
         >>> global_coef(torch.tensor(4.0), 2.0), global_coef(torch.tensor(1.0), 2.0)
@@ -114,7 +114,7 @@ def scale_all(batch: GradBatch, coef: Tensor) -> None:
     """Multiply every gradient of ``batch`` by the 0-d tensor ``coef``, one fused call per (device, dtype) group.
 
     Examples:
-        A clipper that holds the global norm at 1, from :func:`global_coef`:
+        A clipper that holds the global norm at 1, from ``global_coef()``:
 
         >>> import gradwatch
         >>> class AtMostOne(Clipper):

@@ -1,4 +1,4 @@
-"""Fixed-threshold clippers, identical to torch's own: :class:`NormClip` (``clip_grad_norm_``) and :class:`ValueClip`
+"""Fixed-threshold clippers, identical to torch's own: ``NormClip`` (``clip_grad_norm_``) and ``ValueClip``
 (``clip_grad_value_``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-unit clippers: :class:`AGC` (each output unit against its weights) and :class:`LayerNormClip` (each layer).
+"""Per-unit clippers: ``AGC`` (each output unit against its weights) and ``LayerNormClip`` (each layer).
 
 Each unit gets its own coefficient ``min(1, bound / norm)``, computed for all units at once on the device; the report
 carries the smallest coefficient, the fraction of units that were rescaled (``active_frac``) and the clipped global
@@ -173,7 +173,7 @@ def _exclude_globs(exclude: Any) -> tuple[str, ...]:
 
 
 class _UnitTotals:
-    """What :class:`AGC` did over every group, as device tensors on ``home``."""
+    """What ``AGC`` did over every group, as device tensors on ``home``."""
 
     def __init__(self, home: torch.device) -> None:
         self.home = home

@@ -1,4 +1,4 @@
-"""The EMA z-score arithmetic shared by :class:`~gradwatch.clipping.ZScoreClip` (on device tensors) and the ``spike``
+"""The EMA z-score arithmetic shared by ``ZScoreClip`` (on device tensors) and the ``spike``
 rule (on host floats).
 
 Every function here is plain arithmetic (``+ - * / **``), so it runs unchanged on Python floats, numpy values and

@@ -1,9 +1,9 @@
 """Forward and backward hooks: activation statistics, gradient flow through every module, and the NaN origin.
 
-The :class:`ActivationProbe` is what ``watch(model, activations=True)`` plugs into the watcher. Each step the watcher
-asks it for the device values its hooks recorded (:meth:`ActivationProbe.collect`), ships them with the step's packed
+The ``ActivationProbe`` is what ``watch(model, activations=True)`` plugs into the watcher. Each step the watcher
+asks it for the device values its hooks recorded (``ActivationProbe.collect()``), ships them with the step's packed
 vector (one transfer per logged step, as for the gradient statistics), and hands the host values back
-(:meth:`ActivationProbe.process`) to become scalars and symptoms.
+(``ActivationProbe.process()``) to become scalars and symptoms.
 
 Costs and how they are kept down:
 
@@ -52,7 +52,7 @@ class _Buffer:
     """0-d device tensors in the order they were added, stacked once per step per (device, dtype).
 
     Only the thread that runs the forward pass adds to it; backward hooks queue their tensors in their own list (one
-    atomic append), moved here at :meth:`ActivationProbe.collect`.
+    atomic append), moved here at ``ActivationProbe.collect()``.
     """
 
     def __init__(self) -> None:
@@ -66,7 +66,7 @@ class _Buffer:
         return len(self._items) - 1
 
     def gather(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
-        """One vector on ``device`` and the host permutation that puts it back in the order of :meth:`add`."""
+        """One vector on ``device`` and the host permutation that puts it back in the order of ``add()``."""
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(self._items):
             groups.setdefault((t.device, t.dtype), []).append(i)
@@ -80,7 +80,7 @@ class _Buffer:
 
 
 class _Hook:
-    """One of the probe's hooks: ``fn(*bound, *args)``. A copy of the model it sits on carries a :class:`_NoHook` in
+    """One of the probe's hooks: ``fn(*bound, *args)``. A copy of the model it sits on carries a ``_NoHook`` in
     its place: ``copy.deepcopy(model)`` and ``torch.save(model)`` (pickle) neither copy the probe (whose weak
     references cannot be pickled) nor leave the copy a live hook that records into it after ``close()``."""
 
@@ -134,7 +134,7 @@ class _Token:
 class ActivationProbe:
     """Hooks on a model's modules for activation statistics, gradient flow and the NaN origin.
 
-    Usually created by :func:`gradwatch.watch` (``activations=``, ``activation_every_n_steps=``, ``nan_origin=``).
+    Usually created by ``gradwatch.watch()`` (``activations=``, ``activation_every_n_steps=``, ``nan_origin=``).
 
     Args:
         model: the model (``torch.compile``'d models get no hooks, with one warning).

@@ -1,7 +1,7 @@
 """Host side of the hooks: per-module statistics, the ``saturated`` and ``dead`` rules, and the NaN origin.
 
 Pure functions over one step's host values (a float64 numpy vector in the order the hooks recorded them) and the
-host-side record of which forward call recorded what; the only state is :class:`ActivationState`.
+host-side record of which forward call recorded what; the only state is ``ActivationState``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Call:
 
     Attributes:
         module: index of the module in the probe's module list.
-        stats: handles of :func:`~gradwatch._hooks.activations.output_stats`'s values, when sampled.
+        stats: handles of ``output_stats()``'s values, when sampled.
         numel, units: size of the summarised output, and its number of units (entries per sample).
         inputs, outputs: handles of the finiteness flags of its floating-point inputs and outputs.
         in_slots, out_slots: backward slots (one per tensor) of its inputs and outputs that require a gradient.
@@ -75,7 +75,7 @@ def _call_row(c: Call, vals: np.ndarray, kind: OutputKind | None) -> tuple[float
 
 
 def _pooled(rows: Sequence[tuple[float, ...]], kind: OutputKind | None) -> ActStats:
-    """A module's statistics from the rows of its calls (:func:`_call_row`)."""
+    """A module's statistics from the rows of its calls (``_call_row()``)."""
     n, s, q, _, nz, sat, units, alive = (sum(col) for col in zip(*rows, strict=True))
     mean = s / n
     # Pooled variance: each call's centred sum of squares plus its mean's offset from the pooled mean.

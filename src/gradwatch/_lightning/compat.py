@@ -1,6 +1,6 @@
 """Both Lightning namespaces, ``lightning.pytorch`` and ``pytorch_lightning``, found lazily.
 
-Nothing here is imported by ``import gradwatch``; :mod:`gradwatch.lightning` imports it.
+Nothing here is imported by ``import gradwatch``; ``gradwatch.lightning`` imports it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _MISSING = (
 
 
 def namespaces() -> list[ModuleType]:
-    """The Lightning namespaces that import here, in :data:`NAMESPACES` order.
+    """The Lightning namespaces that import here, in ``NAMESPACES`` order.
 
     Raises:
         ImportError: when neither imports, naming the ``gradwatch[lightning]`` extra.

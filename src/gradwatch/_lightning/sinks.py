@@ -1,7 +1,7 @@
 """Sinks that write through a Lightning Trainer's loggers.
 
 A ``TensorBoardLogger`` gets gradwatch's own tag scheme through its ``SummaryWriter`` (scalars and alert text, via
-:class:`~gradwatch._sinks.TensorBoardSink`); every other logger (CSV, MLflow, W&B...) gets the scalars through its
+``TensorBoardSink``); every other logger (CSV, MLflow, W&B...) gets the scalars through its
 ``log_metrics``.
 """
 
