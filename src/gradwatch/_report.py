@@ -259,8 +259,8 @@ def diagnose(run: RunData) -> dict[str, Any]:
     vanishing ones, in depth order), ``global_norm`` (first, last, min, max, median, peak, trend, non-finite count),
     ``clipping``, ``advice`` (per kind), ``notes``.
 
-    Everything about an episode comes from its records' fields (``Episode.to_record()``), never from a message's words. Runs written before episodes existed are
-    read from their symptom records: one episode per kind and layer.
+    Everything about an episode comes from its records' fields (``Episode.to_record()``), never from a message's
+    words. Runs written before episodes existed are read from their symptom records: one episode per kind and layer.
 
     Examples:
         >>> run = RunData("r", "/tmp/r", scalars={"gradwatch/global/grad_norm": {0: 4.0, 10: 1.0}})

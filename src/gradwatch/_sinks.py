@@ -157,7 +157,8 @@ def alerts_markdown(symptoms: Sequence[Symptom]) -> str:
 
 def episodes_markdown(events: Sequence[EpisodeEvent]) -> str:
     """The text written under ``gradwatch/alerts`` for episode events: one markdown list item per episode that
-    starts, ends, or is still open when the run closes, then their records (``Episode.to_record()``) in an HTML comment (``read_records()``).
+    starts, ends, or is still open when the run closes, then their records
+    (``Episode.to_record()``) in an HTML comment (``read_records()``).
 
     Examples:
         >>> from gradwatch import Symptom
