@@ -191,11 +191,11 @@ def test_options_are_validated_at_construction():
 
 def test_without_matplotlib_the_error_names_the_plot_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    with pytest.raises(MissingExtraError, match=r"gradwatch\[plot\]"):
+    with pytest.raises(MissingExtraError, match=r"pip install matplotlib .*'\.\[plot\]'"):
         require_matplotlib()
-    with pytest.raises(MissingExtraError, match=r"gradwatch\[plot\]"):
+    with pytest.raises(MissingExtraError, match=r"pip install matplotlib .*'\.\[plot\]'"):
         flow_figure_png(["a"], [1.0], [1.0])
-    with pytest.raises(ConfigurationError, match=r"gradwatch\[plot\]"):
+    with pytest.raises(ConfigurationError, match=r"pip install matplotlib .*'\.\[plot\]'"):
         gradwatch.watch(_model(), figure_every_n_steps=10)
     gradwatch.watch(_model(), histogram_every_n_steps=10).close()  # histograms do not need it
 
@@ -255,3 +255,38 @@ def test_histograms_and_activation_values_share_the_packed_vector_without_mixing
     assert max(-h.min, h.max) == pytest.approx(float(grads.abs().max()), rel=1e-6)  # buckets span ±max|g|
     assert h.sum == pytest.approx(float(grads.sum()), rel=1e-5, abs=1e-9)
     assert sink.series("gradwatch/act_mean/1")[0][1] == pytest.approx(float(hidden.mean()), rel=1e-5)
+
+
+def test_a_deep_model_gets_summaries_and_one_collapsed_category_per_block():
+    """Above 16 layers no chart draws every layer: the main category has the log10 summaries across layers, and each
+    block of layers (``h.<i>`` of a transformer) a collapsed category whose regexes match exactly its layers."""
+    import re
+
+    from gradwatch._dashboard import LayerInfo, layer_blocks
+
+    names = ["wte"] + [f"h.{i}.{part}" for i in range(12) for part in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
+    names.append("ln_f")
+    tags = [f"gradwatch/{kind}/{n}" for kind in ("grad_norm", "grad_max", "update_ratio") for n in names]
+    layout = build_layout(tags, [LayerInfo(n, "Linear", 4) for n in names])
+    main, *blocks = layout.category
+    charts = {c.title: list(c.multiline.tag) for c in main.chart}
+    assert "gradient norm by layer" not in charts
+    assert "update-to-weight ratio by layer" not in " ".join(charts)
+    assert charts["log10 gradient RMS across layers: min, median, max"] == ["GradWatch/grad_rms_log10_"]
+    assert charts["log10 update ratio across layers: min, median, max"] == ["GradWatch/update_ratio_log10_"]
+    assert [b.title for b in blocks] == ["gradwatch: wte"] + [f"gradwatch: h.{i}" for i in range(12)] + [
+        "gradwatch: ln_f"]
+    assert all(b.closed for b in blocks)
+    h3 = blocks[4]
+    assert [c.title for c in h3.chart] == ["gradient norm (h.3)", "max |grad| (h.3)", "update ratio (log scale) (h.3)"]
+    (rx,) = h3.chart[0].multiline.tag
+    assert sorted(t for t in tags if re.match(rx, t)) == [f"gradwatch/grad_norm/h.3.{p}" for p in
+                                                          ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
+    # a 300-layer MLP: runs of 24 layers, never more than 48 categories, every layer in exactly one
+    mlp = [str(2 * i) for i in range(300)]
+    cut = layer_blocks(mlp)
+    assert len(cut) == 13
+    assert max(len(ns) for _, ns in cut) == 24
+    assert [n for _, ns in cut for n in ns] == mlp
+    assert cut[0][0] == "layers 0\u201346"
+    assert len(layer_blocks([f"b.{i}.fc" for i in range(500)])) <= 48

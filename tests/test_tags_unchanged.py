@@ -313,7 +313,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def current(tmp_path_factory):
-    pytest.importorskip("matplotlib", reason="the fixed run draws the gradient-flow figure (gradwatch[plot])")
+    pytest.importorskip("matplotlib", reason="the fixed run draws the gradient-flow figure (the plot extra)")
     return json.loads(json.dumps(generate(tmp_path_factory.mktemp("fixed_runs"))))  # the golden file's types
 
 

@@ -1,5 +1,7 @@
 """The tag scheme, read back from real event files with TensorBoard's own reader."""
 
+import math
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -84,3 +86,42 @@ def test_a_failing_sink_is_dropped_with_a_warning_and_training_goes_on():
         _run(model, watcher, 3)
     assert len(good.series("gradwatch/global/grad_norm")) == 3
     assert len(watcher.sinks) == 1
+
+
+def test_the_overview_group_summarises_the_step_from_its_own_values(tmp_path):
+    """``GradWatch/...``: the model-wide charts, copied or computed on the host from the step's scalars; the log10
+    summaries of the gradient RMS use the layer sizes (weights 4x3 + 4 and 1x4 + 1 entries), from the first step on."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = gradwatch.MemorySink()
+    with gradwatch.watch(model, log_dir=tmp_path, sinks=[sink], optimizer=opt, every_n_steps=1, clip=0.01) as w:
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(8, 3)).pow(2).mean().backward()
+            w.step(loss=1.5)
+            opt.step()
+    acc = _read(tmp_path)
+    tags = set(acc.Tags()["scalars"])
+    overview = {t for t in tags if t.startswith("GradWatch/")}
+    assert {"GradWatch/global_grad_norm", "GradWatch/global_grad_norm_clipped", "GradWatch/clip_threshold",
+            "GradWatch/loss", "GradWatch/symptoms_vanishing", "GradWatch/grad_rms_log10_min",
+            "GradWatch/grad_rms_log10_median", "GradWatch/grad_rms_log10_max", "GradWatch/update_ratio_log10_min",
+            "GradWatch/update_ratio_log10_max"} <= overview
+    assert len(overview) <= 16  # a handful per step
+    assert not any(t.startswith("GradWatch/") for t in sink.scalars)  # TensorBoard only: the sinks' data is unchanged
+
+    def series(tag):
+        return {e.step: e.value for e in acc.Scalars(tag)}
+
+    assert series("GradWatch/global_grad_norm") == pytest.approx(dict(sink.series("gradwatch/global/grad_norm")))
+    assert series("GradWatch/loss") == {s: 1.5 for s in range(4)}
+    sizes = {"0": 16, "2": 5}
+    for step in range(4):  # step 0 included: written before the layer sizes reached the sink
+        logs = sorted(math.log10(dict(sink.series(f"gradwatch/grad_norm/{n}"))[step] / math.sqrt(k))
+                      for n, k in sizes.items())
+        assert series("GradWatch/grad_rms_log10_min")[step] == pytest.approx(logs[0], rel=1e-5)
+        assert series("GradWatch/grad_rms_log10_max")[step] == pytest.approx(logs[-1], rel=1e-5)
+        assert series("GradWatch/grad_rms_log10_median")[step] == pytest.approx(sum(logs) / 2, rel=1e-5)
+    ratios = [dict(sink.series(f"gradwatch/update_ratio/{n}"))[3] for n in sizes]
+    assert series("GradWatch/update_ratio_log10_max")[3] == pytest.approx(math.log10(max(ratios)), rel=1e-5)

@@ -187,6 +187,8 @@ ALERT_TEXT_MODULES = ("_episodes", "_console", "_sinks", "_report", "_history", 
 RE_USERS = {
     "_advice": "module class names and the source of forward(), to describe the model",
     "_dashboard": "the rows of the gradwatch/layers table, and the custom-scalars chart patterns",
+    "_mlflow_sink": "characters MLflow refuses in a metric key",
+    "_tbplugin._data": "natural sort of layer names (digit runs compared as numbers)",
 }
 
 

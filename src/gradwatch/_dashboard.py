@@ -31,9 +31,11 @@ __all__ = [
     "FLOW_TAG",
     "GLOBAL_CHART",
     "LAYERS_TAG",
+    "OVERVIEW",
     "DashboardLogger",
     "HistogramOf",
     "LayerInfo",
+    "Overview",
     "RunInfo",
     "build_layout",
     "layers_markdown",
@@ -49,6 +51,10 @@ LAYERS_TAG = "gradwatch/layers"
 GLOBAL_CHART = "global gradient norm before and after clipping, with the clip threshold"
 #: Image tag of the gradient-flow figure.
 FLOW_TAG = "gradwatch/flow"
+#: Prefix of the model-wide overview scalars (``Overview``). TensorBoard's TIME SERIES page groups tags by what comes
+#: before the first ``/`` and sorts the groups by name, capitals before lower case: ``GradWatch`` opens above the
+#: per-layer ``gradwatch`` group.
+OVERVIEW = "GradWatch/"
 
 #: What can be histogrammed: ``"grad"`` (tag ``gradwatch/grad_hist/<layer>``), ``"param"`` (``gradwatch/param_hist/``).
 HistogramOf = Literal["grad", "param"]
@@ -92,12 +98,34 @@ _OPTIONAL_CHARTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def build_layout(tags: Sequence[str] = ()) -> Any:
-    """The custom-scalars layout of a run whose first logging step wrote ``tags``.
+#: Up to this many layers, the main category draws one line per layer; above it, log10 summaries across the layers
+#: (min, median, max) and one collapsed category per block of layers.
+PER_LAYER_MAX = 16
+_BLOCK_LAYERS = 24  # the most lines on one per-block chart
+_BLOCKS = 48  # the most per-block categories
 
-    Always: the global gradient norm before and after clipping (and the clip threshold, when one is logged), every
-    layer's gradient norm on one chart, every layer's max |grad|, and the symptom counts by kind. Then the loss,
-    clipping, parameter-norm, update-ratio, activation and AMP charts whose tags are present.
+# Summary charts of the overview scalars (``Overview``), for any number of layers.
+_SUMMARY_CHARTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("log10 gradient RMS across layers: min, median, max", (r"GradWatch/grad_rms_log10_",), "gradwatch/grad_norm/"),
+    ("log10 update ratio across layers: min, median, max", (r"GradWatch/update_ratio_log10_",),
+     "gradwatch/update_ratio/"),
+)
+# (title, tag prefix) of the charts of each block's category.
+_BLOCK_CHARTS = (("gradient norm", "gradwatch/grad_norm/"), ("max |grad|", "gradwatch/grad_max/"),
+                 ("update ratio (log scale)", "gradwatch/update_ratio/"), ("parameter norm", "gradwatch/param_norm/"))
+_PER_LAYER = ("gradwatch/grad_norm/", "gradwatch/grad_max/", "gradwatch/param_norm/", "gradwatch/update_ratio/",
+              "gradwatch/act_", "gradwatch/grad_out_norm/")
+
+
+def build_layout(tags: Sequence[str] = (), layers: Sequence[LayerInfo] = ()) -> Any:
+    """The custom-scalars layout of a run whose first logging step wrote ``tags``, for its watched ``layers``.
+
+    Always: the global gradient norm before and after clipping (and the clip threshold, when one is logged), then,
+    for up to ``PER_LAYER_MAX`` layers, every layer's gradient norm and max |grad| (one line each), and the symptom
+    counts by kind; then the log10 summaries across layers (min, median, max of the gradient RMS and of the update
+    ratio) and the loss, clipping, parameter-norm, update-ratio, activation and AMP charts whose tags are present.
+    Above ``PER_LAYER_MAX`` layers the per-layer charts leave the main category: each block of layers (``h.3`` of
+    ``transformer.h.3.attn``; runs of 24 layers at most) gets a collapsed category ``gradwatch: <block>`` of its own.
 
     Examples:
         >>> layout = build_layout(["gradwatch/grad_norm/0", "gradwatch/clip/threshold", "gradwatch/act_mean/0"])
@@ -108,23 +136,96 @@ def build_layout(tags: Sequence[str] = ()) -> Any:
         ['global gradient norm before and after clipping, with the clip threshold', 'gradient norm by layer']
         >>> list(category.chart[1].multiline.tag)
         ['gradwatch/grad_norm/']
+        >>> big = build_layout(["gradwatch/grad_norm/h.0.fc"], [LayerInfo(f"h.{i}.fc", "Linear", 4) for i in range(40)])
+        >>> [c.title for c in big.category][:3]
+        ['gradwatch', 'gradwatch: h.0', 'gradwatch: h.1']
+        >>> list(big.category[1].chart[0].multiline.tag)
+        ['gradwatch/grad_norm/(?:h\\\\.0\\\\.fc)$']
     """
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     tags = list(tags)
-    charts = [  # constant titles: TensorBoard merges the layouts of every run, deduplicating equal charts
+    few = len(layers) <= PER_LAYER_MAX
+    categories = [layout_pb2.Category(title=CATEGORY, closed=False, chart=[
+        layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
+        for title, regexes in _main_charts(tags, few)])]
+    if not few:
+        categories += _block_categories(tags, layers)
+    return layout_pb2.Layout(category=categories)
+
+
+def _main_charts(tags: Sequence[str], few: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """(title, regexes) of the main category's charts."""
+    charts: list[tuple[str, tuple[str, ...]]] = [  # constant titles: TensorBoard merges the layouts of every run
         (GLOBAL_CHART,
          (r"gradwatch/global/grad_norm$", r"gradwatch/global/grad_norm_clipped$", r"gradwatch/clip/threshold$")),
-        ("gradient norm by layer", (r"gradwatch/grad_norm/",)),
-        ("max |grad| by layer", (r"gradwatch/grad_max/",)),
-        ("symptoms by kind (layers affected per step)", (r"gradwatch/symptoms/",)),
     ]
-    charts += [(title, regexes) for title, regexes, needed in _OPTIONAL_CHARTS
+    if few:
+        charts += [("gradient norm by layer", (r"gradwatch/grad_norm/",)),
+                   ("max |grad| by layer", (r"gradwatch/grad_max/",))]
+    charts.append(("symptoms by kind (layers affected per step)", (r"gradwatch/symptoms/",)))
+    charts += [(title, regexes) for title, regexes, needed in _SUMMARY_CHARTS
                if any(t.startswith(needed) for t in tags)]
-    category = layout_pb2.Category(title=CATEGORY, closed=False, chart=[
-        layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
-        for title, regexes in charts])
-    return layout_pb2.Layout(category=[category])
+    charts += [(title, regexes) for title, regexes, needed in _OPTIONAL_CHARTS
+               if any(t.startswith(needed) for t in tags) and (few or not needed.startswith(_PER_LAYER))]
+    return charts
+
+
+def _block_categories(tags: Sequence[str], layers: Sequence[LayerInfo]) -> list[Any]:
+    """One collapsed category per block of layers (``layer_blocks()``), its charts' regexes matching its layers."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    present = [(chart, prefix) for chart, prefix in _BLOCK_CHARTS if any(t.startswith(prefix) for t in tags)]
+    categories = []
+    for title, names in layer_blocks([layer.name for layer in layers]):
+        alternation = "|".join(re.escape(n) for n in names)
+        categories.append(layout_pb2.Category(title=f"{CATEGORY}: {title}", closed=True, chart=[
+            layout_pb2.Chart(title=f"{chart} ({title})", multiline=layout_pb2.MultilineChartContent(
+                tag=[f"{prefix}(?:{alternation})$"]))
+            for chart, prefix in present]))
+    return categories
+
+
+def _block_key(name: str) -> str:
+    """``transformer.h.3`` for ``transformer.h.3.attn.c_attn`` (up to the first index that is not the last part);
+    otherwise the parent (``features`` for ``features.3``; ``""`` for ``fc1`` or ``3``)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1])
+
+
+def layer_blocks(names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The layers (in depth order) cut into blocks for the per-block categories: consecutive layers of the same
+    module (``_block_key``), runs of 24 layers at most, and at most 48 blocks (neighbours merged).
+
+    Examples:
+        >>> layer_blocks(["emb", "h.0.attn", "h.0.mlp", "h.1.attn", "h.1.mlp", "head"])
+        [('emb', ['emb']), ('h.0', ['h.0.attn', 'h.0.mlp']), ('h.1', ['h.1.attn', 'h.1.mlp']), ('head', ['head'])]
+        >>> [title for title, _ in layer_blocks([str(i) for i in range(50)])]
+        ['layers 0\u201323', 'layers 24\u201347', 'layers 48\u201349']
+    """
+    runs: list[tuple[str, list[str]]] = []
+    for name in names:
+        key = _block_key(name)
+        if runs and runs[-1][0] == key and len(runs[-1][1]) < _BLOCK_LAYERS:
+            runs[-1][1].append(name)
+        else:
+            runs.append((key, [name]))
+    titles = [key or _span(ns) for key, ns in runs]
+    blocks = [(t if titles.count(t) == 1 else f"{t}: {_span(ns)}", ns)
+              for t, (_, ns) in zip(titles, runs, strict=True)]
+    if len(blocks) <= _BLOCKS:
+        return blocks
+    k = -(-len(blocks) // _BLOCKS)  # merge neighbours: k blocks per category
+    merged = [blocks[i:i + k] for i in range(0, len(blocks), k)]
+    return [(g[0][0] if len(g) == 1 else f"{g[0][0]} \u2013 {g[-1][0]}", [n for _, ns in g for n in ns])
+            for g in merged]
+
+
+def _span(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"layers {names[0]}\u2013{names[-1]}"
 
 
 def layout_summary(layout: Any) -> Any:
@@ -163,6 +264,80 @@ def parse_layers_markdown(text: str) -> list[LayerInfo]:
         if m:
             rows.append((int(m.group(1)), LayerInfo(m.group(2), m.group(3).strip(), int(m.group(4)))))
     return [info for _, info in sorted(rows, key=lambda r: r[0])]
+
+
+# (overview tag, the step's tag it copies)
+_OVERVIEW_COPIES = (
+    ("global_grad_norm", "gradwatch/global/grad_norm"),
+    ("global_grad_norm_clipped", "gradwatch/global/grad_norm_clipped"),
+    ("clip_threshold", "gradwatch/clip/threshold"),
+    ("loss", "gradwatch/loss"),
+)
+_SYMPTOMS = "gradwatch/symptoms/"
+_GRAD_NORM = "gradwatch/grad_norm/"
+_UPDATE_RATIO = "gradwatch/update_ratio/"
+
+
+class Overview:
+    """The model-wide overview scalars (``GradWatch/...``) of a step, computed on the host from the step's own
+    scalars: the global norm before and after clipping, the clip threshold and the loss (copied), the symptom counts
+    (``symptoms_<kind>``), and log10 summaries across layers: ``grad_rms_log10_{min,median,max}`` (a layer's gradient
+    norm over the square root of its parameter count, once the sizes are known; layers with no or a zero or
+    non-finite gradient left out) and ``update_ratio_log10_{min,median,max}``.
+
+    The positions of the per-layer tags are found once per set of tags (a run's logged steps rarely change it), so a
+    step costs one pass of numpy over its values: about 30 us at 500 layers.
+
+    Examples:
+        >>> o = Overview()
+        >>> o.sizes = {"a": 4, "b": 100}
+        >>> out = o.scalars({"gradwatch/global/grad_norm": 2.0, "gradwatch/grad_norm/a": 2.0,
+        ...                  "gradwatch/grad_norm/b": 0.01, "gradwatch/symptoms/vanishing": 1.0})
+        >>> {k: round(v, 3) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
+        {'GradWatch/global_grad_norm': 2.0, 'GradWatch/symptoms_vanishing': 1.0, 'GradWatch/grad_rms_log10_min': -3.0,
+         'GradWatch/grad_rms_log10_median': -1.5, 'GradWatch/grad_rms_log10_max': 0.0}
+    """
+
+    def __init__(self) -> None:
+        self.sizes: Mapping[str, int] = {}
+        self._key: tuple[Any, ...] = ()
+        self._plan: Any = None
+
+    def _build(self, tags: tuple[str, ...]) -> Any:
+        norms = [(i, t[len(_GRAD_NORM):]) for i, t in enumerate(tags) if t.startswith(_GRAD_NORM)]
+        sizes = np.array([self.sizes.get(name, 0) for _, name in norms], dtype=np.float64)
+        scale = np.where(sizes > 0, 1.0 / np.sqrt(np.where(sizes > 0, sizes, 1.0)), np.nan)
+        return (
+            [(OVERVIEW + name, tags.index(tag)) for name, tag in _OVERVIEW_COPIES if tag in tags],
+            [(OVERVIEW + "symptoms_" + t[len(_SYMPTOMS):], i) for i, t in enumerate(tags) if t.startswith(_SYMPTOMS)],
+            np.array([i for i, _ in norms], dtype=np.int64), scale,
+            np.array([i for i, t in enumerate(tags) if t.startswith(_UPDATE_RATIO)], dtype=np.int64),
+        )
+
+    def scalars(self, scalars: Mapping[str, float]) -> dict[str, float]:
+        """The overview scalars of a step whose scalars are ``scalars`` (``{}`` for a step with none of them)."""
+        tags = tuple(scalars)
+        key = (tags, id(self.sizes), len(self.sizes))
+        if key != self._key:
+            self._plan, self._key = self._build(tags), key
+        copies, symptoms, norm_at, scale, ratio_at = self._plan
+        values = np.fromiter(scalars.values(), dtype=np.float64, count=len(tags))
+        out = {name: float(values[i]) for name, i in copies}
+        out.update({name: float(values[i]) for name, i in symptoms})
+        if self.sizes:
+            _summary(out, "grad_rms_log10", values[norm_at] * scale)
+        _summary(out, "update_ratio_log10", values[ratio_at])
+        return out
+
+
+def _summary(out: dict[str, float], name: str, values: np.ndarray) -> None:
+    """log10 of the smallest, median and largest positive finite value, when there is one."""
+    good = values[np.isfinite(values) & (values > 0)]
+    if good.size:
+        logs = np.log10(good)
+        out[f"{OVERVIEW}{name}_min"] = float(logs.min())
+        out[f"{OVERVIEW}{name}_median"] = float(np.median(logs))
+        out[f"{OVERVIEW}{name}_max"] = float(logs.max())
 
 
 class DashboardLogger:

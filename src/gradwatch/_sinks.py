@@ -263,6 +263,10 @@ class TensorBoardSink:
             self._owns = False
         self.writer = writer
         self._scalars_event = _ScalarSummary()
+        from ._dashboard import Overview
+
+        self._overview = Overview()
+        self._before_sizes: tuple[int, dict[str, float]] | None = None  # a step written before the layer sizes
 
     @property
     def log_dir(self) -> str | None:
@@ -270,8 +274,15 @@ class TensorBoardSink:
         return getter() if callable(getter) else getattr(self.writer, "log_dir", None)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """The step's scalars and its model-wide overview (``gradwatch._dashboard.Overview``), in one event."""
         if not scalars:
             return
+        overview = self._overview.scalars(scalars)
+        if not self._overview.sizes:
+            self._before_sizes = (step, dict(scalars))
+        self._write_values(step, {**scalars, **overview} if overview else scalars)
+
+    def _write_values(self, step: int, scalars: Mapping[str, float]) -> None:
         file_writer = _file_writer(self.writer)
         if file_writer is None:
             for tag, value in scalars.items():
@@ -297,14 +308,22 @@ class TensorBoardSink:
             file_writer.add_summary(text_summary(ALERTS_TAG, text), step)
 
     def write_run_info(self, step: int, info: Any) -> None:
-        """The custom-scalars dashboard and the ``gradwatch/layers`` table, once per run."""
-        from ._dashboard import LAYERS_TAG, build_layout, layers_markdown, layout_summary
+        """The custom-scalars dashboard and the ``gradwatch/layers`` table, once per run; and the layer sizes, which
+        turn the overview's gradient norms into RMS entries (for the step already written, in an event of its own)."""
+        from ._dashboard import LAYERS_TAG, OVERVIEW, build_layout, layers_markdown, layout_summary
 
+        self._overview.sizes = {layer.name: layer.numel for layer in info.layers}
+        if self._before_sizes is not None and self._before_sizes[0] == step:
+            rms = {k: v for k, v in self._overview.scalars(self._before_sizes[1]).items()
+                   if k.startswith(OVERVIEW + "grad_rms")}
+            if rms:
+                self._write_values(step, rms)
+        self._before_sizes = None
         file_writer = _file_writer(self.writer)
         if file_writer is None:  # another writer (tensorboardX...): the layers table only
             self.writer.add_text(LAYERS_TAG, layers_markdown(info.layers), step)
             return
-        file_writer.add_summary(layout_summary(build_layout(info.tags)), step)
+        file_writer.add_summary(layout_summary(build_layout(info.tags, info.layers)), step)
         file_writer.add_summary(text_summary(LAYERS_TAG, layers_markdown(info.layers)), step)
 
     def write_histograms(self, step: int, histograms: Mapping[str, Any]) -> None:
