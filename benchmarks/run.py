@@ -3,7 +3,12 @@
 One process per run; every variant is measured on every workload, interleaved round by round (the variants' order
 rotates each round), so that drift and other load on the machine hit them alike. Each round runs a block of steps
 per variant (forward, backward, what the variant does, AdamW step); a variant's overhead is the median over rounds of
-its per-step time minus the bare step's in the same round.
+its per-step time minus the bare step's in the same round, also given as a multiple of ``clip_grad_norm_``'s.
+
+Under the default cadence a run logs every step at first and few steps later: the suite times a logged step and a
+step that logs nothing, and derives the default's cost over a run of 100,000 steps from the schedule. It also
+measures the TensorBoard bytes a logged and an unlogged step write, per workload and for a 200-layer GPT-2, and
+extrapolates them to a run by the same schedule.
 
     python benchmarks/run.py                 # the full suite on the best device (./dev bench)
     python benchmarks/run.py --quick         # a smoke run (seconds)
@@ -35,12 +40,33 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from workloads import WORKLOADS, Workload
+from workloads import WORKLOADS, Workload, gpt2_deep
 
 import gradwatch
 
+try:  # the default cadence (issue 21): how many steps of a run log
+    from gradwatch._cadence import WINDOW, WINDOW_CAPACITY, WINDOW_REFILL, scheduled_count
+except ImportError:  # an older gradwatch: every step logs
+    WINDOW = WINDOW_CAPACITY = 0
+    WINDOW_REFILL = 1
+
+    def scheduled_count(steps: int) -> int:
+        return steps
+
+#: A run of this many steps is what the default configuration's derived cost and event bytes are for.
+RUN_STEPS = 100_000
+#: The share of a healthy run's steps that log under the default cadence (no symptom episode).
+LOGGED_SHARE = scheduled_count(RUN_STEPS) / RUN_STEPS
+#: At most this many window steps per run: the budget's capacity and its refill (gradwatch._cadence).
+WINDOW_STEPS_MAX = WINDOW_CAPACITY + RUN_STEPS // WINDOW_REFILL if WINDOW_CAPACITY else 0
+#: The late step the "a step that logs nothing" variants start from: one the default cadence does not log.
+LATE_STEP = 1_000_001
+
 GOALS = {
-    "cpu_default_pct": 5.0,  # CPU, every step, default configuration: <= +5% over the bare step
+    "cpu_default_pct": 5.0,  # CPU, default configuration over a run: <= +5% over the bare step
+    "cpu_unlogged_vs_clip": 1.2,  # CPU, a step that logs nothing: <= 1.2x clip_grad_norm_'s overhead
+    "cpu_default_vs_clip": 1.5,  # CPU, default configuration over a run: <= 1.5x clip_grad_norm_'s overhead
+    "event_mb_per_100k_200_layers": 50.0,  # event files of a 200-layer model, default options, per 100,000 steps
     "gpu_default_pct": 2.0,
     "gpu_clip_pct": 2.5,
     "gpu_nan_origin_pct": 10.0,
@@ -53,12 +79,12 @@ GOALS = {
 # ----------------------------------------------------------------------------------------------- variants
 @dataclass
 class Variant:
-    """One way of running the step. ``make(model, log_dir)`` returns ``(after_backward, close)`` or raises
+    """One way of running the step. ``make(model, log_dir, optimizer)`` returns ``(after_backward, close)`` or raises
     ``Unavailable``; ``context`` wraps forward and backward (``detect_anomaly``)."""
 
     name: str
     label: str
-    make: Callable[[nn.Module, str], tuple[Callable[[], None], Callable[[], None]]]
+    make: Callable[[nn.Module, str, torch.optim.Optimizer], tuple[Callable[[], None], Callable[[], None]]]
     context: Callable[[], Any] = contextlib.nullcontext
     kind: str = "gradwatch"  # "bare", "gradwatch" or "peer"
 
@@ -71,20 +97,33 @@ def _nothing() -> None:
     return None
 
 
-def _bare(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+Hooks = tuple[Callable[[], None], Callable[[], None]]  # (after_backward, close)
+Make = Callable[[nn.Module, str, torch.optim.Optimizer], Hooks]
+
+
+def _bare(model: nn.Module, log_dir: str, opt: torch.optim.Optimizer) -> Hooks:
     return _nothing, _nothing
 
 
-def _gradwatch(**kwargs: Any) -> Callable[[nn.Module, str], tuple[Callable[[], None], Callable[[], None]]]:
-    def make(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
-        missing = set(kwargs) - set(inspect.signature(gradwatch.watch).parameters)
+def _gradwatch(*, late: bool = False, ratios: bool = False, **kwargs: Any) -> Make:
+    """A watcher with ``kwargs``. Each block starts a fresh one at step 0, which the default cadence logs (the first
+    200 steps log, as an episode's window does); ``late``: its steps are numbered from ``LATE_STEP``, steps of a
+    long run that the default cadence does not log. ``ratios``: the update ratios of the benchmark's optimizer."""
+    def make(model: nn.Module, log_dir: str, opt: torch.optim.Optimizer) -> Hooks:
+        params = inspect.signature(gradwatch.watch).parameters
+        missing = set(kwargs) - set(params)
+        if ratios and "optimizer" not in params:
+            missing.add("optimizer")
+        if late and "every_n_steps" in params and params["every_n_steps"].default is not None:
+            missing.add("a default cadence (every_n_steps=None)")
         if missing:  # an option this gradwatch does not have yet
             raise Unavailable(f"watch() has no {sorted(missing)}")
         options = {k: (v() if callable(v) else v) for k, v in kwargs.items()}
-        watcher = gradwatch.watch(model, log_dir=log_dir, **options)
+        watcher = gradwatch.watch(model, log_dir=log_dir, **options, **({"optimizer": opt} if ratios else {}))
+        count = iter(range(LATE_STEP, LATE_STEP + 10**6))
 
         def after_backward() -> None:
-            watcher.step()
+            watcher.step(global_step=next(count)) if late else watcher.step()
 
         return after_backward, watcher.close
     return make
@@ -99,7 +138,7 @@ def _clipper(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
     return build
 
 
-def _item_loop(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+def _item_loop(model: nn.Module, log_dir: str, opt: torch.optim.Optimizer) -> Hooks:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def after_backward() -> None:
@@ -108,7 +147,7 @@ def _item_loop(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Call
     return after_backward, _nothing
 
 
-def _lightning_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+def _lightning_grad_norm(model: nn.Module, log_dir: str, opt: torch.optim.Optimizer) -> Hooks:
     try:
         from lightning.pytorch.utilities import grad_norm
     except ImportError:
@@ -123,7 +162,7 @@ def _lightning_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], N
     return after_backward, _nothing
 
 
-def _clip_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None], Callable[[], None]]:
+def _clip_grad_norm(model: nn.Module, log_dir: str, opt: torch.optim.Optimizer) -> Hooks:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def after_backward() -> None:
@@ -134,7 +173,11 @@ def _clip_grad_norm(model: nn.Module, log_dir: str) -> tuple[Callable[[], None],
 
 VARIANTS: list[Variant] = [
     Variant("bare", "bare step", _bare, kind="bare"),
-    Variant("default", "gradwatch default (every step, TensorBoard)", _gradwatch()),
+    # "default": a step that logs (the default cadence's first 200 steps, an episode's window; every_n_steps=1)
+    Variant("default", "gradwatch, a logged step (TensorBoard; first 200 steps, episode windows)", _gradwatch()),
+    Variant("unlogged", "gradwatch default, a step that logs nothing (late in a run)", _gradwatch(late=True)),
+    Variant("ratios", "+ update ratios (optimizer=), a logged step", _gradwatch(ratios=True)),
+    Variant("ratios_unlogged", "+ update ratios, a step that logs nothing", _gradwatch(ratios=True, late=True)),
     Variant("clip", "+ norm clipping (clip=1.0)", _gradwatch(clip=1.0)),
     Variant("hist_every_step", "+ histograms every step", _gradwatch(histogram_every_n_steps=1)),
     Variant("activations", "+ activations (activations=True)", _gradwatch(activations=True)),
@@ -155,6 +198,9 @@ VARIANTS: list[Variant] = [
 ]
 # Derived, not measured: histograms every 100 steps cost the default plus 1/100 of a histogram step's extra.
 HIST_100 = "hist_every_100"
+# Derived likewise: the default configuration over a healthy run of RUN_STEPS steps, LOGGED_SHARE of them logged.
+DEFAULT_RUN = "default_run"
+RATIOS_RUN = "ratios_run"
 # Derived likewise: activations sampled every 10 steps cost the idle hooks 9 steps in 10 and a sampling step 1 in 10.
 ACT_10 = "activations_every_10"
 
@@ -202,7 +248,7 @@ def _own_peak(device: torch.device, after_backward: Callable[[], None], into: li
 def _block(w: Workload, opt: torch.optim.Optimizer, device: torch.device, variant: Variant, steps: int,
            warmup: int, log_root: str) -> tuple[float, int | None, int | None]:
     log_dir = tempfile.mkdtemp(dir=log_root)
-    after_backward, close = variant.make(w.model, log_dir)
+    after_backward, close = variant.make(w.model, log_dir, opt)
     own: list[int] = []
     try:
         for i in range(warmup):
@@ -295,12 +341,19 @@ def summarise(samples: dict[str, Samples], grad_bytes: int) -> dict[str, dict[st
             row["peak_extra_pct_of_grads"] = 100.0 * max(extra, own) / grad_bytes
         out[name] = row
     for derived, every, often, rest in ((HIST_100, 100, "hist_every_step", "default"),
-                                        (ACT_10, 10, "activations", "activations_idle")):
+                                        (ACT_10, 10, "activations", "activations_idle"),
+                                        (DEFAULT_RUN, 1 / LOGGED_SHARE, "default", "unlogged"),
+                                        (RATIOS_RUN, 1 / LOGGED_SHARE, "ratios", "ratios_unlogged")):
         # One step in `every` costs what `often` costs every step, the others what `rest` costs.
         if out.get(often, {}).get("status") == "ok" and out.get(rest, {}).get("status") == "ok":
             o, r = out[often], out[rest]
             out[derived] = {"status": "derived", **{k: r[k] + (o[k] - r[k]) / every
                                                     for k in ("overhead_ms", "overhead_pct", "median_ms")}}
+    clip = out.get("clip_grad_norm", {})
+    if clip.get("status") == "ok" and clip["overhead_ms"] > 0:
+        for row in out.values():
+            if row.get("status") in ("ok", "derived"):
+                row["vs_clip_grad_norm"] = row["overhead_ms"] / clip["overhead_ms"]
     return out
 
 
@@ -383,6 +436,59 @@ def host_scaling(device: torch.device, sizes: list[int], steps: int) -> list[dic
     return rows
 
 
+# ----------------------------------------------------------------------------------------------- event bytes
+def _dir_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def event_bytes(w: Workload, device: torch.device, logged: int = 20) -> dict[str, Any]:
+    """Bytes the default options write to TensorBoard, measured from a real event file and extrapolated to a run of
+    ``RUN_STEPS`` steps by the schedule.
+
+    A fresh watcher (default options, ``log_dir``) trains ``logged + 2`` steps (all logged: the dense start); the
+    event file's growth over the last ``logged`` of them (after the first step's one-off run info and layout) is the
+    bytes of a logged step. Then ``logged`` steps late in a run (``global_step`` from ``LATE_STEP``, not logged)
+    give the bytes of an unlogged step. Per run: the schedule's logged steps, the unlogged ones, and the first step's
+    one-off bytes; ``windows_max`` adds the most the episode windows may write (their budget, all spent).
+    """
+    opt = torch.optim.SGD(w.model.parameters(), lr=0.0)  # the weights do not move: the same healthy step throughout
+    with tempfile.TemporaryDirectory() as log_dir:
+        watcher = gradwatch.watch(w.model, log_dir=log_dir)
+        sizes = []
+        for i in range(2 * logged + 2):
+            opt.zero_grad(set_to_none=True)
+            w.loss(w.model, w.batch).backward()
+            if i < logged + 2:
+                watcher.step()
+            else:
+                watcher.step(global_step=LATE_STEP + i)
+            opt.step()
+            if i in (1, logged + 1, 2 * logged + 1):
+                watcher.flush()
+                sizes.append(_dir_bytes(log_dir))
+        layers = len(watcher.layer_names)
+        watcher.close()
+    per_logged = (sizes[1] - sizes[0]) / logged
+    per_unlogged = (sizes[2] - sizes[1]) / logged
+    first = sizes[0] - 2 * per_logged
+    n_logged = scheduled_count(RUN_STEPS)
+    run = first + n_logged * per_logged + (RUN_STEPS - n_logged) * per_unlogged
+    return {"layers": layers, "per_logged_step": per_logged, "per_unlogged_step": per_unlogged,
+            "logged_steps_per_run": n_logged, "run_bytes": run,
+            "windows_max_bytes": WINDOW_STEPS_MAX * per_logged, "every_step_run_bytes": first + RUN_STEPS * per_logged}
+
+
+def bytes_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"| workload | layers | bytes per logged step | per unlogged step | default options, {RUN_STEPS:,} steps "
+             f"| + episode windows (at most) | every step logged (`every_n_steps=1`) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['layers']} | {_fmt_bytes(r['per_logged_step'])} | "
+                     f"{_fmt_bytes(r['per_unlogged_step'])} | {_fmt_bytes(r['run_bytes'])} | "
+                     f"+ {_fmt_bytes(r['windows_max_bytes'])} | {_fmt_bytes(r['every_step_run_bytes'])} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -420,11 +526,17 @@ def workload_table(result: dict[str, Any]) -> str:
     lines = [f"#### {result['name']}: {result['description']}",
              f"{result['params'] / 1e6:.2f}M parameters in {result['tensors']} tensors; gradients "
              f"{_fmt_bytes(result['grad_bytes'])}", "",
-             "| variant | median ms/step | spread (p25–p75) | overhead ms | overhead % (p25–p75) | peak extra memory |",
-             "|---|---:|---:|---:|---:|---:|"]
-    labels = {v.name: v.label for v in VARIANTS} | {HIST_100: "+ histograms every 100 steps (derived)",
-                                                    ACT_10: "+ activations every 10 steps (derived)"}
+             "| variant | median ms/step | spread (p25–p75) | overhead ms | overhead % (p25–p75) | "
+             "× clip_grad_norm_ | peak extra memory |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    share = f"{100 * LOGGED_SHARE:.2f}%"
+    labels = {v.name: v.label for v in VARIANTS} | {
+        HIST_100: "+ histograms every 100 steps (derived)", ACT_10: "+ activations every 10 steps (derived)",
+        DEFAULT_RUN: f"**gradwatch default over {RUN_STEPS:,} steps** (derived: {share} of steps logged)",
+        RATIOS_RUN: f"+ update ratios over {RUN_STEPS:,} steps (derived)"}
     order = [v.name for v in VARIANTS]
+    order.insert(order.index("unlogged") + 1, DEFAULT_RUN)
+    order.insert(order.index("ratios_unlogged") + 1, RATIOS_RUN)
     order.insert(order.index("hist_every_step") + 1, HIST_100)
     order.insert(order.index("activations_idle") + 1, ACT_10)
     for name in order:
@@ -432,11 +544,12 @@ def workload_table(result: dict[str, Any]) -> str:
         if row is None:
             continue
         if row["status"].startswith(("n/a", "error")):
-            lines.append(f"| {labels[name]} | {row['status']} | | | | |")
+            lines.append(f"| {labels[name]} | {row['status']} | | | | | |")
             continue
+        vs = f"{row['vs_clip_grad_norm']:.2f}×" if "vs_clip_grad_norm" in row and name != "bare" else ""
         if row["status"] == "derived":
             lines.append(f"| {labels[name]} | {row['median_ms']:.2f} | | {row['overhead_ms']:+.2f} | "
-                         f"{row['overhead_pct']:+.1f}% | |")
+                         f"{row['overhead_pct']:+.1f}% | {vs} | |")
             continue
         mem = ""
         if "peak_extra_bytes" in row:
@@ -449,7 +562,7 @@ def workload_table(result: dict[str, Any]) -> str:
         pct = "—" if name == "bare" else (f"{row['overhead_pct']:+.1f}% ({row['overhead_pct_p25']:+.1f}…"
                                            f"{row['overhead_pct_p75']:+.1f})")
         lines.append(f"| {labels[name]} | {row['median_ms']:.2f} | {row['p25_ms']:.2f}–{row['p75_ms']:.2f} | "
-                     f"{over} | {pct} | {mem} |")
+                     f"{over} | {pct} | {vs} | {mem} |")
     return "\n".join(lines)
 
 
@@ -468,10 +581,17 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     dev = report["device"]
     for res in report["workloads"]:
         v = res["variants"]
-        if dev == "cpu" and v.get("default", {}).get("status") == "ok":
-            pct = v["default"]["overhead_pct"]
-            out.append({"goal": f"CPU default ≤ +{GOALS['cpu_default_pct']:g}% ({res['name']})",
+        default = DEFAULT_RUN if DEFAULT_RUN in v else "default"
+        if dev == "cpu" and v.get(default, {}).get("status") in ("ok", "derived"):
+            pct = v[default]["overhead_pct"]
+            out.append({"goal": f"CPU default ≤ +{GOALS['cpu_default_pct']:g}% ({res['name']}, over a run)",
                         "value": f"{pct:+.1f}%", "met": pct <= GOALS["cpu_default_pct"]})
+            for key, goal, label in (("unlogged", "cpu_unlogged_vs_clip", "a step that logs nothing"),
+                                     (default, "cpu_default_vs_clip", "default over a run")):
+                if "vs_clip_grad_norm" in v.get(key, {}):
+                    ratio = v[key]["vs_clip_grad_norm"]
+                    out.append({"goal": f"CPU {label} ≤ {GOALS[goal]:g}× clip_grad_norm_'s overhead ({res['name']})",
+                                "value": f"{ratio:.2f}×", "met": ratio <= GOALS[goal]})
         if dev == "cuda":
             for key, goal, label in (("default", "gpu_default_pct", "default"), ("clip", "gpu_clip_pct", "+ clipping"),
                                      ("nan_origin", "gpu_nan_origin_pct", "NaN origin"),
@@ -488,6 +608,12 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             pct = 100 * res["cpu_step_alloc_bytes"] / res["grad_bytes"]
             goal = f"extra memory ≤ {GOALS['memory_pct']:g}% of gradient bytes ({res['name']}, upper bound)"
             out.append({"goal": goal, "value": f"{pct:.2f}%", "met": pct <= GOALS["memory_pct"]})
+    deep = report.get("event_bytes_200_layers")
+    if deep:
+        mb = (deep["run_bytes"] + deep["windows_max_bytes"]) / 1e6
+        out.append({"goal": f"event files ≤ {GOALS['event_mb_per_100k_200_layers']:g} MB per {RUN_STEPS:,} steps, "
+                            f"{deep['layers']} layers, default options (episode windows at most)",
+                    "value": f"{mb:.1f} MB", "met": mb <= GOALS["event_mb_per_100k_200_layers"]})
     rows = {r["tensors"]: r for r in report.get("scaling", [])}
     if 1000 in rows:
         for config in ("not_logged", "logged"):
@@ -514,7 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    ap.add_argument("--workloads", default="mlp,cnn,transformer", help="comma-separated: mlp, cnn, transformer")
+    ap.add_argument("--workloads", default="mlp,cnn,transformer,gpt2,resnet",
+                    help="comma-separated: mlp, cnn, transformer, gpt2, resnet (the last two need transformers)")
+    ap.add_argument("--bytes", choices=("on", "off"), default="on", help="measure the event-file bytes per run of "
+                    "each workload and of a 200-layer GPT-2 (default on)")
     ap.add_argument("--variants", default=None, help="comma-separated variant names (bare is always included): "
                     + ", ".join(v.name for v in VARIANTS))
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 GPU, 12 CPU, quick 2)")
@@ -586,9 +715,17 @@ def main(argv: list[str] | None = None) -> int:
                                    "raw_ms": {k: s.per_step_ms for k, s in samples.items()}}
             if device.type == "cpu":
                 res["cpu_step_alloc_bytes"] = cpu_step_allocations(w, {})
+            if args.bytes == "on":
+                res["event_bytes"] = {"name": name, **event_bytes(w, device)}
             report["workloads"].append(res)
             save()
             del w
+        if args.bytes == "on":
+            with contextlib.suppress(RuntimeError):  # without transformers: no 200-layer GPT-2
+                torch.manual_seed(0)
+                deep = gpt2_deep(33, device)
+                report["event_bytes_200_layers"] = {"name": "GPT-2, 33 blocks, d=16", **event_bytes(deep, device)}
+                save()
         if scaling_sizes:
             progress(f"host-side step() scaling: {scaling_sizes} tensors")
             report["scaling"] = host_scaling(device, scaling_sizes, steps=10 if args.quick else 30)
@@ -608,6 +745,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and report["workloads"]:
         print("² CUDA: the timed steps' peak over the bare step's in the same round, and the peak inside the variant's "
               "own work over what was live before it (one step); the % reads the larger.\n")
+    byte_rows = [r["event_bytes"] for r in report["workloads"] if "event_bytes" in r]
+    if report.get("event_bytes_200_layers"):
+        byte_rows.append(report["event_bytes_200_layers"])
+    if byte_rows:
+        print(f"#### TensorBoard event bytes per {RUN_STEPS:,} steps (default options; measured per step, extrapolated "
+              "by the schedule)\n")
+        print(bytes_table(byte_rows) + "\n")
     if report["scaling"]:
         print("#### host-side `watcher.step()` against the number of parameter tensors (Linear(4, 4) layers)\n")
         print(scaling_table(report["scaling"]) + "\n")

@@ -1,4 +1,5 @@
-"""The benchmark workloads: a deep MLP, a ResNet-style CNN with batch norm, a GPT-style transformer LM.
+"""The benchmark workloads: a deep MLP, a ResNet-style CNN with batch norm, a GPT-style transformer LM, and two real
+architectures built by ``transformers`` from their configs: GPT-2 and a ResNet-18-shaped ResNet.
 
 Each has a CPU size (small: the suite must run in minutes on 2 cores) and a GPU size (the transformer is GPT-2-small
 shaped: 12 layers, d=768, 12 heads, vocab 50257), and a ``tiny`` size for the smoke test.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -112,3 +113,56 @@ def transformer(size: Size, device: torch.device) -> Workload:
 
 
 WORKLOADS: dict[str, Callable[[Size, torch.device], Workload]] = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
+
+
+# ----------------------------------------------------------------------------------------------- real architectures
+def _transformers() -> object:
+    try:
+        import transformers
+    except ImportError as exc:  # the suite still runs the hand-built workloads
+        raise RuntimeError("the real-architecture workloads need transformers (pip install transformers)") from exc
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def gpt2(size: Size, device: torch.device) -> Workload:
+    """GPT-2 as ``transformers`` builds it (``GPT2LMHeadModel``, tied head, real vocabulary), narrower on the CPU."""
+    t: Any = _transformers()
+    d, layers, heads, seq, batch, vocab = {"tiny": (16, 2, 2, 8, 2, 256), "cpu": (128, 4, 4, 64, 4, 50257),
+                                           "gpu": (768, 12, 12, 512, 8, 50257)}[size]
+    cfg = t.GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=d, n_layer=layers, n_head=heads)
+    model = t.GPT2LMHeadModel(cfg).to(device)
+    tokens = torch.randint(0, vocab, (batch, seq), device=device)
+    return Workload("gpt2", model, (tokens,), lambda m, b: m(input_ids=b[0], labels=b[0]).loss,
+                    f"transformers GPT2LMHeadModel {layers} layers, d={d}, {heads} heads, vocab {vocab}, seq {seq}, "
+                    f"batch {batch}")
+
+
+def gpt2_deep(layers: int, device: torch.device) -> Workload:
+    """A narrow GPT-2 of ``layers`` blocks: 6 watched layers per block (the event-file size of a deep model)."""
+    t: Any = _transformers()
+    cfg = t.GPT2Config(vocab_size=256, n_positions=8, n_embd=16, n_layer=layers, n_head=2)
+    model = t.GPT2LMHeadModel(cfg).to(device)
+    tokens = torch.randint(0, 256, (2, 8), device=device)
+    return Workload("gpt2_deep", model, (tokens,), lambda m, b: m(input_ids=b[0], labels=b[0]).loss,
+                    f"transformers GPT2LMHeadModel {layers} layers, d=16")
+
+
+def resnet(size: Size, device: torch.device) -> Workload:
+    """ResNet-18's layout as ``transformers`` builds it (``ResNetForImageClassification``, basic blocks [2, 2, 2, 2]),
+    narrower on the CPU."""
+    t: Any = _transformers()
+    widths, batch, hw = {"tiny": ([8, 8, 16, 16], 2, 16), "cpu": ([16, 32, 64, 128], 16, 32),
+                         "gpu": ([64, 128, 256, 512], 128, 64)}[size]
+    cfg = t.ResNetConfig(num_channels=3, embedding_size=widths[0], hidden_sizes=widths, depths=[2, 2, 2, 2],
+                         layer_type="basic", num_labels=10)
+    model = t.ResNetForImageClassification(cfg).to(device)
+    x = torch.randn(batch, 3, hw, hw, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return Workload("resnet", model, (x, y),
+                    lambda m, b: nn.functional.cross_entropy(m(pixel_values=b[0]).logits, b[1]),
+                    f"transformers ResNetForImageClassification (ResNet-18 layout), widths {widths}, batch {batch} "
+                    f"at {hw}x{hw}")
+
+
+WORKLOADS.update({"gpt2": gpt2, "resnet": resnet})

@@ -159,7 +159,7 @@ def nonfinite_flag(dev: DeviceStats, amp: bool, persistent_overflow: bool) -> Te
     home = dev.total_norm
     if amp:
         return torch.tensor(float(persistent_overflow), dtype=home.dtype, device=home.device)
-    return dev.nonfinite.amax() if dev.layer_max.numel() else home.new_zeros(())
+    return dev.nonfinite.amax() if dev.layer_sumsq.numel() else home.new_zeros(())
 
 
 def drop_for_nonfinite(on_nonfinite: str, record: Record, dev: DeviceStats, reduce_flag: ReduceFlag | None) -> bool:

@@ -25,9 +25,10 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-from ._actions import AmpState
+from ._actions import AmpState, decides_before_step
 from ._advice import ModelTraits
 from ._buffers import NormBuffers
+from ._cadence import Cadence
 from ._config import WatchConfig
 from ._dashboard import DashboardLogger
 from ._distributed import DistributedContext, detect
@@ -68,6 +69,7 @@ class Stages:
     clip_tally: ClipTally | None  # None without a clipper
     updates: UpdateTracker | None = None  # None without an optimizer (or with sharded parameters)
     buffers: NormBuffers | None = None  # kept for skipped steps (on_nonfinite or on_spike "skip"), else None
+    cadence: Cadence = field(default_factory=lambda: Cadence(None))  # which steps log (gradwatch._cadence)
     cleanups: list[Any] = field(default_factory=list)  # what the watcher removes on close (hooks: probe, optimizers)
     released: bool = False
 
@@ -128,8 +130,7 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     dist = _distributed(model, layers, c)
     writes = dist is None or dist.rank == 0
     probe = ActivationProbe(model, activations=c.activations, nan_origin=c.origin,
-                            every_n_steps=c.every_n_steps if c.activation_every_n_steps is None
-                            else c.activation_every_n_steps, thresholds=c.rules)
+                            every_n_steps=c.activation_every_n_steps or c.every_n_steps or 1, thresholds=c.rules)
     track = _tracks_updates(optimizers, dist)
     later = _update_tags(layers, track)  # written from the second step on: the dashboard knows them first
     dashboard = DashboardLogger(layers, histogram_every_n_steps=c.histogram_every_n_steps, histograms=c.histograms,
@@ -140,21 +141,24 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
                             clips=c.clipper is not None)
     amp = AmpState(patience=c.amp_overflow_patience)
     evaluate = Evaluator([layer.name for layer in layers], c.rules, traits, hooks, amp,
-                         kinds=[layer.kind for layer in layers])
+                         kinds=[layer.kind for layer in layers], ratios=track)
     fanout = Fanout(_outputs(c, sinks, writes), dashboard, on_nonfinite=c.on_nonfinite, on_spike=c.on_spike,
                     speaks=writes, verbose=c.verbose)  # files opened here, after every check
     # FSDP and tensor parallelism swap parameter objects by design (sharded, unsharded): no check there.
     replaced = ReplacedCheck(engine.layers, active=dist is None or dist.kinds == ("replicated",))
     history, tally = SymptomHistory(), ClipTally() if c.clipper is not None else None
     history.share(fanout.episodes)  # summary() renders the episodes the console and the sinks speak of
+    cadence = Cadence(c.every_n_steps)
     delivery = Delivery(evaluate, fanout, history=history, clip_tally=tally, probe=hooks, replaced=replaced,
-                        names=[layer.name for layer in layers], model=model, on_spike=c.on_spike)
+                        names=[layer.name for layer in layers], model=model, on_spike=c.on_spike, cadence=cadence)
     updates = _tracker(layers, optimizers, track)  # hooks on the optimizers: attached last
     return Stages(
         layers=layers, dist=dist, probe=hooks, engine=engine,
-        measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates), evaluate=evaluate, fanout=fanout,
+        measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates,
+                        every_max=decides_before_step(c.on_nonfinite)), evaluate=evaluate, fanout=fanout,
         replaced=replaced, amp=amp, delivery=delivery, transport=Transport(delivery), history=history,
         clip_tally=tally, updates=updates, cleanups=_removable(updates, hooks), buffers=_norm_buffers(model, c),
+        cadence=cadence,
     )
 
 

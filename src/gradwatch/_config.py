@@ -63,7 +63,7 @@ class WatchConfig:
 
     log_dir: str | os.PathLike[str] | None = None
     writer: Any = None
-    every_n_steps: int = 1
+    every_n_steps: int | None = None
     thresholds: Thresholds | None = None
     clip: float | Clipper | None = None
     on_nonfinite: NonFiniteAction = "warn"
@@ -124,7 +124,12 @@ def _check_output(c: WatchConfig) -> dict[str, Any]:
         check_log_dir("log_dir", c.log_dir)  # before anything is created: a file, or a directory not writable
     if c.writer is not None:
         _check_writer(c.writer, c.histogram_every_n_steps)
-    return {"every_n_steps": check_int("every_n_steps", c.every_n_steps, minimum=1)}
+    try:
+        every = _optional_every("every_n_steps", c.every_n_steps)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} Or None (default) for gradwatch's cadence: every step at first, sparser "
+                                 "later, every step around each symptom episode.") from None
+    return {"every_n_steps": every}
 
 
 def _check_writer(writer: Any, histogram_every_n_steps: Any) -> None:

@@ -40,15 +40,16 @@ class Evaluation:
 
 def host_stats(r: Record, names: Sequence[str], parts: dict[str, np.ndarray]) -> HostStats:
     """The step's per-layer statistics from its unpacked slices; the extras land in ``r.extra_values``."""
-    sumsq, maxabs = parts["sumsq"], parts["max"]
+    sumsq, maxabs = parts["sumsq"], parts.get("max")  # no maxima on a step that logs nothing
     for tag, value in zip(r.extra_tags, parts.get("extras", np.empty(0)), strict=True):
         r.extra_values[tag] = float(value)
     stats = HostStats(
-        step=r.step, names=names, grad_norm=np.sqrt(sumsq), grad_max=maxabs,
+        step=r.step, names=names, grad_norm=np.sqrt(sumsq),
+        grad_max=np.full(len(names), np.nan) if maxabs is None else maxabs, measured_max=maxabs is not None,
         nonfinite=host_nonfinite_codes(sumsq, maxabs), has_grad=np.asarray(r.has_grad, dtype=bool),
         numel=np.asarray(r.numel, dtype=np.int64), global_norm=float(parts["global_norm"][0]),
         clipped_norm=float(parts["clipped_norm"][0]), param_norm=parts.get("param_norm") if r.logged else None,
-        update_ratio=parts.get("update_ratio"),  # None without an optimizer; NaN for a layer it did not update
+        update_ratio=parts.get("update_ratio"),  # None without an optimizer or unmeasured; NaN: a layer not updated
     )
     stats.extras = r.extra_values
     return stats
@@ -58,11 +59,12 @@ class Evaluator:
     """Rules over a step's host values; holds the rules' state across steps."""
 
     def __init__(self, names: Sequence[str], thresholds: Thresholds, traits: ModelTraits, probe: Any,
-                 amp: AmpState, kinds: Sequence[str] | None = None) -> None:
+                 amp: AmpState, kinds: Sequence[str] | None = None, *, ratios: bool = False) -> None:
         self.names = list(names)
         self.thresholds = thresholds
         self.traits = traits
-        self.rules = RuleState(len(self.names), kinds=kinds)  # kinds: a lone input layer joins its stack's chain
+        # kinds: a lone input layer joins its stack's chain; ratios: the update ratios are the learning signal
+        self.rules = RuleState(len(self.names), kinds=kinds, ratios=ratios)
         self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
         self.amp = amp  # the loss scaler's overflow state: its patience decides what is persistent
 

@@ -16,15 +16,15 @@ from torch import Tensor
 
 __all__ = ["SLICES", "Layout"]
 
-#: The slices of a step's packed vector, in order. Every slice but the per-layer ones may be absent (size 0).
+#: The slices of a step's packed vector, in order. Every slice but the sums of squares may be absent (size 0).
 SLICES: tuple[str, ...] = (
     "sumsq",         # per layer: sum of squares of the gradient entries (before clipping)
-    "max",           # per layer: max |g|
+    "max",           # per layer, on steps that measured it (logged, non-finite on the CPU, figure steps): max |g|
     "global_norm",   # 1: global L2 norm before clipping
     "clipped_norm",  # 1: global L2 norm after clipping
     "extras",        # one per extra tag of the step (clipper values, the AMP scale, the loss), in the record's order
     "param_norm",    # per layer, on logged steps: parameter L2 norm
-    "update_ratio",  # per layer, with an optimizer attached: ||dw|| / ||w|| of the last optimizer step
+    "update_ratio",  # per layer, with an optimizer, when measured (logged steps): ||dw|| / ||w|| of its last step
     "histograms",    # per-layer histograms (gradwatch._histograms layout), on histogram steps
     "probe",         # the activation probe's values (gradwatch._hooks), on sampled steps
 )

@@ -343,12 +343,15 @@ def _segment_sumsq_maxabs(work: Tensor, segments: Segments) -> tuple[Tensor, Ten
 
 
 def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device, acc: torch.dtype,
-                   plan: FlatPlan | None) -> tuple[Tensor, Tensor, Tensor]:
+                   plan: FlatPlan | None, *, with_max: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor (L2 norm, sum of squares in ``acc``, max |x| in ``acc``), in the order of ``tensors``.
 
     The first ``plan.count`` tensors (CPU only) go through the flat copy when they can (see ``FlatPlan.copy()``),
-    the rest through ``norms_maxabs()``.
+    the rest through ``norms_maxabs()``. Without ``with_max`` (a step that logs nothing) the maxima are not taken:
+    one read of each tensor instead of two, and ``None`` in their place.
     """
+    if not with_max:
+        return _reduce_sumsq(tensors, dtype, acc, plan)
     work = plan.copy(tensors, acc) if plan is not None else None
     if plan is None or work is None:
         norms, maxabs = norms_maxabs(tensors, dtype, device)
@@ -359,6 +362,21 @@ def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.
     norms_rest, max_rest = norms_maxabs(tensors[plan.count:], dtype, device)
     return (torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest]),
             torch.cat([sq_small, norms_rest.to(acc).square()]), torch.cat([max_small, max_rest.to(acc)]))
+
+
+def _reduce_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype,
+                  plan: FlatPlan | None) -> tuple[Tensor, Tensor, None]:
+    """``reduce_tensors()`` without the maxima: per-tensor (L2 norm, sum of squares in ``acc``, ``None``)."""
+    work = plan.copy(tensors, acc) if plan is not None else None
+    if plan is None or work is None:
+        norms = foreach_norms(tensors, dtype)
+        return norms, norms.to(acc).square(), None
+    sq_small = _segment_sumsq(work, plan.segments)
+    if plan.count == len(tensors):
+        return sq_small.sqrt().to(_norm_dtype(dtype) or dtype), sq_small, None
+    norms_rest = foreach_norms(tensors[plan.count:], dtype)
+    return (torch.cat([sq_small.sqrt().to(norms_rest.dtype), norms_rest]),
+            torch.cat([sq_small, norms_rest.to(acc).square()]), None)
 
 
 def param_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype, plan: FlatPlan | None) -> Tensor:
@@ -483,14 +501,21 @@ class LayerTotals:
         self.sumsq = torch.zeros(n, dtype=acc, device=home)
         self.maxabs = torch.zeros(n, dtype=acc, device=home)
 
-    def add(self, idx: Tensor, sq: Tensor, maxabs: Tensor, device: torch.device) -> None:
-        """Add per-tensor sums of squares ``sq`` and take the max with ``maxabs``, both on ``device``, by layer
-        ``idx``."""
+    def add(self, idx: Tensor, sq: Tensor, maxabs: Tensor | None, device: torch.device) -> None:
+        """Add per-tensor sums of squares ``sq`` and take the max with ``maxabs`` (``None``: not measured), both on
+        ``device``, by layer ``idx``."""
         if self.direct:
             self.sumsq.index_add_(0, idx, sq)
-            self.maxabs.scatter_reduce_(0, idx, maxabs, "amax")
+            if maxabs is not None:
+                self.maxabs.scatter_reduce_(0, idx, maxabs, "amax")
             return
         self.add_sumsq(idx, sq, device)
+        if maxabs is not None:
+            self.add_max(idx, maxabs, device)
+
+    def add_max(self, idx: Tensor, maxabs: Tensor, device: torch.device) -> None:
+        """Take the max with per-tensor maxima ``maxabs`` (on ``device``) by layer ``idx``, through a partial
+        vector."""
         part_max = torch.zeros(self.n, dtype=self.acc, device=device).scatter_reduce_(0, idx, maxabs, "amax")
         self.maxabs = torch.maximum(self.maxabs, to_device(part_max, self.home))  # maximum propagates NaN
 

@@ -32,7 +32,7 @@ class HostStats:
     step: int
     names: Sequence[str]
     grad_norm: np.ndarray
-    grad_max: np.ndarray
+    grad_max: np.ndarray  # NaN where not measured (``measured_max`` False: a step that logs nothing)
     nonfinite: np.ndarray  # 0 finite, 1 NaN, 2 Inf
     has_grad: np.ndarray
     numel: np.ndarray
@@ -43,6 +43,8 @@ class HostStats:
     #: Per layer: ||dw|| / ||w|| of the last optimizer step before this one (``watch(optimizer=...)``); ``None``
     #: without an optimizer attached, NaN for a layer the optimizer did not update.
     update_ratio: np.ndarray | None = None
+    #: Whether ``grad_max`` was measured: on logged steps (and, on the CPU, on steps with non-finite gradients).
+    measured_max: bool = True
 
     def rms(self) -> np.ndarray:
         # No errstate needed (it costs more than the arithmetic): the divisor is at least 1, and a NaN or Inf norm
@@ -57,6 +59,9 @@ class RuleState:
     n_layers: int
     #: The layers' kinds (module class names), which let a lone input or output layer join its stack's chain.
     kinds: Sequence[str] | None = None
+    #: Whether the update ratios are measured (an optimizer attached): they are then the vanishing rule's learning
+    #: signal, measured on the logged steps only; the rule holds its count over the steps without them.
+    ratios: bool = False
     vanishing: VanishingState = field(init=False)
     chains: Chains | None = field(default=None, init=False)  # built from the names at the first step
     baseline: float | None = None
@@ -105,13 +110,17 @@ def evaluate(
     """Apply every rule to one step. Returns ``(symptoms, onsets)``: all symptoms holding at this step, and those of
     them that start a new episode (the ones worth an alert)."""
     symptoms = nonfinite_symptoms(stats, traits)
-    symptoms += vanishing_symptoms(stats, th, state.vanishing, state.chains_of(stats.names), traits)
+    held = state.ratios and stats.update_ratio is None  # the vanishing rule's signal was not measured: it holds
+    if not held:
+        symptoms += vanishing_symptoms(stats, th, state.vanishing, state.chains_of(stats.names), traits)
     symptoms += exploding_symptoms(stats, th, state, traits)
     symptoms += weight_symptoms(stats, th, state.weights, traits, state.active)
     symptoms += divergence_symptoms(stats.step, stats.extras.get("gradwatch/loss"), th, state.divergence, traits)
     spikes = spike_symptoms(stats.step, stats.global_norm, stats.extras.get("gradwatch/loss"), th, state.spike)
     symptoms += [replace(s, since=state.active.get((s.kind, s.layer), s.step)) for s in spikes]
     now = {(s.kind, s.layer): (s.since if s.since is not None else s.step) for s in symptoms}
+    if held:  # its layers stay as they were
+        now.update({key: since for key, since in state.active.items() if key[0] == "vanishing" and key not in now})
     onsets = [s for s in symptoms if (s.kind, s.layer) not in state.active]
     state.active = now
     return symptoms, onsets

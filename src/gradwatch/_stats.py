@@ -16,7 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from ._layers import Layer, follow_layers, registrations
-from ._reductions import Bucket, LayerTotals, Present, foreach_norms, group_buckets, param_sumsq, reduce_tensors
+from ._reductions import (
+    Bucket,
+    LayerTotals,
+    Present,
+    foreach_maxabs,
+    foreach_norms,
+    group_buckets,
+    param_sumsq,
+    reduce_tensors,
+)
 from ._tensors import accumulate_dtype
 
 __all__ = ["DeviceStats", "GradBatch", "GradGroup", "StatsBackend", "StatsEngine", "host_nonfinite_codes"]
@@ -120,7 +129,7 @@ class DeviceStats:
     """One step's statistics, still on the device (``home``)."""
 
     layer_sumsq: Tensor  # (L,) sum of squares of each layer's gradients
-    layer_max: Tensor  # (L,) max |g| per layer
+    layer_max: Tensor | None  # (L,) max |g| per layer; None on a step that did not measure it (logs nothing)
     total_norm: Tensor  # () global L2 norm
     has_grad: list[bool]  # host-known: which layers had at least one gradient
     numel: list[int]  # host-known: gradient entries per layer
@@ -133,13 +142,26 @@ class DeviceStats:
         derives the same codes from the packed sums and maxima, see ``host_nonfinite_codes()``)."""
         # 1 where a NaN reached the sum of squares or the max (a NaN + anything is NaN; a collective MAX may drop a
         # NaN, a SUM does not), else 2 where the max is Inf (a sum of squares that overflowed from finite entries is
-        # not Inf).
-        return self.layer_max.isinf().to(self.layer_max.dtype).mul_(2).masked_fill_(
-            (self.layer_sumsq + self.layer_max).isnan(), 1.0)
+        # not Inf). Without the maxima, from the sums alone (see host_nonfinite_codes).
+        ref = self.layer_sumsq if self.layer_max is None else self.layer_max
+        nan = self.layer_sumsq.isnan() if self.layer_max is None else (self.layer_sumsq + self.layer_max).isnan()
+        return ref.isinf().to(ref.dtype).mul_(2).masked_fill_(nan, 1.0)
 
 
-def host_nonfinite_codes(sumsq: np.ndarray, maxabs: np.ndarray) -> np.ndarray:
-    """``DeviceStats.nonfinite`` from the sums of squares and maxima on the host (int64)."""
+def host_nonfinite_codes(sumsq: np.ndarray, maxabs: np.ndarray | None) -> np.ndarray:
+    """``DeviceStats.nonfinite`` from the sums of squares and maxima on the host (int64).
+
+    Without the maxima (a step that logs nothing), from the sums alone: NaN where the sum is NaN, Inf where it is
+    Inf. The sums accumulate in float64 (on the CPU and CUDA), where squares of float32, bfloat16 or float16 entries
+    cannot overflow: an Inf sum means an Inf entry. Only float64 gradients over about 1e154 could read as Inf from
+    finite entries; on the CPU such a step measures its maxima too (its sums are not finite), so the codes are exact.
+
+    Examples:
+        >>> host_nonfinite_codes(np.array([1.0, np.nan, np.inf]), None).tolist()
+        [0, 1, 2]
+    """
+    if maxabs is None:
+        return np.where(np.isnan(sumsq), 1, np.where(np.isinf(sumsq), 2, 0))
     return np.where(np.isnan(sumsq + maxabs), 1, np.where(np.isinf(maxabs), 2, 0))
 
 
@@ -247,12 +269,13 @@ class StatsEngine:
     def home(self) -> torch.device:
         return self._home
 
-    def compute(self, *, with_params: bool = False) -> DeviceStats:
+    def compute(self, *, with_params: bool = False, with_max: bool = True) -> DeviceStats:
         """Reduce this step's gradients to per-layer statistics, without any host synchronisation.
 
         With several processes the statistics are reduced across ranks (one collective); ``with_params`` then also
-        measures the parameter norms in the same collective (``DeviceStats.param_norm``). In one process it is
-        ignored: ``param_norms()`` measures them.
+        measures the parameter norms in the same collective (``DeviceStats.param_norm``), and the maxima are always
+        measured. In one process ``with_params`` is ignored (``param_norms()`` measures them), and without
+        ``with_max`` the maxima are not (``DeviceStats.layer_max`` is ``None``; ``grad_maxima()`` takes them later).
         """
         if self._dist is not None:
             return self._dist.compute(self.layer_names, with_params=with_params)
@@ -273,13 +296,21 @@ class StatsEngine:
             if not present.grads:
                 continue
             idx = b.index(present.kept)
-            norms, sq, maxabs = reduce_tensors(present.grads, b.dtype, b.device, acc, present.flat)
+            norms, sq, maxabs = reduce_tensors(present.grads, b.dtype, b.device, acc, present.flat, with_max=with_max)
             groups.append(GradGroup(b.device, b.dtype, present.params, present.grads, idx, norms))
             totals.add(idx, sq, maxabs, b.device)
         has_grad, numel = presence.result(self._all_has_grad, self._all_numel)
         total_norm = totals.sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=self.layer_names, total_norm=total_norm, home=home)
-        return DeviceStats(totals.sumsq, totals.maxabs, total_norm, has_grad, numel, batch)
+        return DeviceStats(totals.sumsq, totals.maxabs if with_max else None, total_norm, has_grad, numel, batch)
+
+    def grad_maxima(self, batch: GradBatch) -> Tensor:
+        """Per-layer max |g| of ``batch``'s gradients, on ``home``: for a step that measured its sums alone and turns
+        out to log (a decision, non-finite sums). Called before clipping changes the gradients."""
+        totals = LayerTotals(len(self.layer_names), accumulate_dtype(self._home), self._home, direct=False)
+        for g in batch.groups:
+            totals.add_max(g.layer_index, foreach_maxabs(g.grads, g.device).to(totals.acc), g.device)
+        return totals.maxabs
 
     def param_norms(self) -> Tensor:
         """Per-layer L2 norm of the parameters, on ``home``: one flat reduction or fused norm per bucket."""

@@ -148,7 +148,7 @@ def _layer_stats(stats: HostStats) -> dict[str, LayerStats]:
         has = bool(stats.has_grad[i])
         out[name] = LayerStats(
             grad_norm=float(stats.grad_norm[i]) if has else None,
-            grad_max=float(stats.grad_max[i]) if has else None,
+            grad_max=float(stats.grad_max[i]) if has and stats.measured_max else None,
             param_norm=float(stats.param_norm[i]) if stats.param_norm is not None else None,
             nonfinite=codes[int(stats.nonfinite[i])] if has else None,  # type: ignore[arg-type]
             numel=int(stats.numel[i]),

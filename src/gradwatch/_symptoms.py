@@ -20,7 +20,8 @@ class LayerStats:
     Attributes:
         grad_norm: L2 norm of the layer's gradients, before clipping; ``None`` when no parameter of the layer has a
             gradient this step (frozen or unused), which is never reported as vanishing.
-        grad_max: largest absolute gradient entry; ``None`` without a gradient.
+        grad_max: largest absolute gradient entry, measured on logging steps; ``None`` on the others and without a
+            gradient.
         param_norm: L2 norm of the layer's parameters; computed on logging steps only, ``None`` on the others.
         nonfinite: ``"nan"`` if a gradient holds a NaN, else ``"inf"`` if one holds an Inf, else ``None``.
         numel: number of gradient entries that contributed (parameters with a gradient this step).

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from ._actions import tally_clip
+from ._cadence import Cadence, Recent, window_scalars
 from ._evaluate import Evaluator
 from ._fanout import SYMPTOM_KINDS, Fanout, step_values
 from ._history import ClipTally, SymptomHistory
 from ._replaced import ReplacedCheck
+from ._rules import HostStats
 from ._step import Record, layer_tags
 
 __all__ = ["Delivery", "Transport"]
@@ -108,12 +110,16 @@ class Delivery:
     weakly and nothing of the watcher, so that a watcher dropped unclosed can still deliver its last steps."""
 
     def __init__(self, evaluate: Evaluator, fanout: Fanout, *, history: SymptomHistory, clip_tally: ClipTally | None,
-                 probe: Any, replaced: ReplacedCheck, names: Sequence[str], model: nn.Module, on_spike: str) -> None:
+                 probe: Any, replaced: ReplacedCheck, names: Sequence[str], model: nn.Module, on_spike: str,
+                 cadence: Cadence | None = None) -> None:
         self.evaluate, self.fanout, self.history, self.clip_tally = evaluate, fanout, history, clip_tally
         self.probe, self.replaced, self.on_spike = probe, replaced, on_spike
+        self.names = list(names)
         self.tags = layer_tags(names)  # made once: formatting them every logged step is not free
         self.kinds = SYMPTOM_KINDS + (probe.kinds if probe is not None else ())
         self.model: Callable[[], nn.Module | None] = weakref.ref(model)
+        self.cadence = cadence  # the episode windows (None: none)
+        self.recent = Recent()
 
     def __call__(self, r: Record) -> None:
         ev = self.evaluate(r)
@@ -121,13 +127,34 @@ class Delivery:
         if self.on_spike != "skip":  # with on_spike="skip", step() counts the step once it knows it is not dropped
             tally_clip(self.clip_tally, r)
         self.history.extend([*ev.events, *ev.symptoms])
-        self.fanout.write(r, ev, step_values(r, ev, self.tags, self.kinds))
+        scalars = step_values(r, ev, self.tags, self.kinds)
+        was_open = set(self.fanout.episodes.open)
+        if self.cadence is not None and self.cadence.windows and {s.kind for s in ev.symptoms} - was_open:
+            self._window_before(self.cadence, r, ev.stats, scalars)  # an episode starts here
+        self.fanout.write(r, ev, scalars)
+        if self.cadence is not None:
+            if set(self.fanout.episodes.open) != was_open:  # an episode started or ended: the steps after it log
+                self.cadence.opened(r.step)
+            self.recent.add(ev.stats, written=r.logged)
         if ev.onsets:  # a symptom that starts reaches the disk at once: a crash right after it loses nothing
             self.fanout.flush()
         self.fanout.announce(r.step, ev)
         model = self.model()
         if r.logged and model is not None and self.fanout.speaks and not ev.stats.has_grad.all():
             self.replaced.check(model, ev.stats.has_grad)
+
+    def _window_before(self, cadence: Cadence, r: Record, stats: HostStats, scalars: dict[str, float]) -> None:
+        """An episode starts at ``r``: the recent steps before it that did not log, and ``r`` itself if it does not,
+        write what they measured (``gradwatch._cadence.window_scalars()``), within the window budget."""
+        earlier = self.recent.unwritten_before(r.step)
+        if not cadence.spend(len(earlier) + (0 if r.logged else 1)):
+            return
+        for before in earlier:  # steps already written without them: their scalars reach the sinks now
+            values = window_scalars(before, self.names)
+            for sink in list(self.fanout.sinks):
+                self.fanout.safe(sink, "write_scalars", before.step, values)
+        if not r.logged:
+            scalars.update(window_scalars(stats, self.names))
 
     def release_model(self) -> None:
         self.model = _no_model

@@ -42,7 +42,9 @@ CPU, and ``lr`` given as a float or a CPU tensor are host facts; a ``lr``, beta 
 (``capturable=True``, ``fused=True``) is used as a device tensor, never read.
 
 **Timing.** ``collect()`` (called by every ``watcher.step()``) hands over the updates committed since the previous
-call: the ratio of step ``s`` is the last optimizer step before ``watcher.step()`` number ``s``. No optimizer step in
+call: the ratio of step ``s`` is the last optimizer step before ``watcher.step()`` number ``s``. Only the optimizer
+steps before a step that logs are measured (``UpdateTracker.armed``, set by the watcher from its cadence): the others
+cost nothing, and their watcher steps carry no ratio. No optimizer step in
 between (a ``GradScaler`` that skipped it, ``on_nonfinite="skip"``), or a fused optimizer that skipped it on the
 scaler's ``found_inf``: 0. Before any optimizer step, and for a layer that no optimizer holds or that the steps since
 the previous call did not update (no gradient; another optimizer's turn): NaN.
@@ -408,11 +410,13 @@ class _OptimizerWatch:
 
     @torch.no_grad()
     def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._w_old.clear()
+        self._snapshots.clear()
+        if not self.tracker.armed:  # the next watcher step logs nothing: this optimizer step is not measured
+            return
         if (tuple(len(g["params"]) for g in self.opt.param_groups) != self._signature
                 or any(s.stale() for s in self.slots)):
             self._replan()
-        self._w_old.clear()
-        self._snapshots.clear()
         for si, slot in enumerate(self.slots):
             self._w_old[si] = foreach_norms(_real(slot.params), slot.dtype).to(
                 accumulate_dtype(slot.device)).square()
@@ -422,6 +426,8 @@ class _OptimizerWatch:
 
     @torch.no_grad()
     def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._w_old:  # not measured (see _pre)
+            return
         home, n = self.tracker.home, self.tracker.n_layers
         acc = accumulate_dtype(home)
         update = LayerTotals(n, acc, home, direct=False)
@@ -519,6 +525,10 @@ class UpdateTracker:
         self.layer_of = {id(p): li for li, layer in enumerate(layers) for p in layer.params}
         self._first = next((p for layer in layers for p in layer.params), None)
         self._calls = 0
+        #: Whether the optimizer steps before the next ``collect()`` are measured: the watcher sets it after each of
+        #: its steps, from its cadence (the next step logs). Unarmed, the hooks do nothing and ``collect()`` says
+        #: ``None``.
+        self.armed = True
         self._masks: BoundedCache[tuple[Any, ...], tuple[Tensor, Tensor]] = BoundedCache()
         self._watches = [_OptimizerWatch(self, opt) for opt in optimizers]
 
@@ -539,8 +549,9 @@ class UpdateTracker:
         self.layer_of = {}
         self._first = None
 
-    def collect(self, home: torch.device, dtype: torch.dtype) -> Tensor:
-        """The ratios of the optimizer steps since the previous call, per layer, on ``home`` (no wait).
+    def collect(self, home: torch.device, dtype: torch.dtype) -> Tensor | None:
+        """The ratios of the optimizer steps since the previous call, per layer, on ``home`` (no wait); ``None`` when
+        the tracker was not ``armed`` for them (not measured).
 
         A layer that none of those steps updated: NaN. No optimizer step at all since the previous call (a skipped
         step): 0 for the layers of every optimizer's last step (those it holds, before its first), NaN before the first
@@ -549,6 +560,8 @@ class UpdateTracker:
         results = [w.result for w in self._watches if w.fresh and w.result is not None]
         for w in self._watches:
             w.fresh = False
+        if not self.armed:
+            return None
         where, fill = self._fill(results, home, dtype)
         if not results:
             return fill

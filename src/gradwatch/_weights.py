@@ -8,7 +8,7 @@
 - **Non-finite weights** (``nonfinite``): a layer whose parameter norm is NaN or Inf, reported once as the
   consequence of the bad gradients it received, naming the step they first went bad.
 - **Collapsing weights** (``vanishing``): a layer whose parameter norm fell below ``collapse_ratio`` of its own
-  first logged value (weights decayed to nothing, as the background texts describe for earlier layers).
+  first logged value (weights decayed to nothing, as described for the earlier layers of deep networks).
 """
 
 from __future__ import annotations
