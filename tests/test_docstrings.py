@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("gradwatch", "gradwatch.clipping", "gradwatch.lightning")
+MODULES = ("gradwatch", "gradwatch.clipping", "gradwatch.lightning", "gradwatch.transformers", "gradwatch.accelerate")
 CONSTANTS = {"ROOT_LAYER", "__version__", "NanOrigin", "OnNonFinite"}
 
 

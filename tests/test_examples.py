@@ -144,3 +144,21 @@ def test_too_large_learning_rate_explodes_then_nans_lower_rate_and_clipping_are_
     assert not out["clipped"].history
     for name in out:
         assert event_files(tmp_path / name), name
+
+
+def test_hf_trainer_skips_the_nan_step_and_writes_into_the_trainers_tensorboard_run(tmp_path):
+    pytest.importorskip("transformers")
+    out = load("hf_trainer").main(["--steps", "12", "--nan-at", "7", "--output-dir", str(tmp_path)])
+    watcher, trainer = out["watcher"], out["trainer"]
+    assert {s.first_step for s in watcher.history.summaries("nonfinite")} == {7}
+    assert trainer.state.global_step == 12  # "skip": training went on
+    (run,) = (tmp_path / "runs").iterdir()  # the Trainer's TensorBoard run holds gradwatch's event file too
+    assert len(event_files(run)) == 2
+    assert trainer.args.max_grad_norm == 1.0  # the Trainer's clipping given back
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+# examples/accelerate_loop.py: tests/test_accelerate_loop.py runs it.
