@@ -1,10 +1,10 @@
 """A deep plain CNN whose early layers starve, and the same CNN with batch norm and residual connections.
 
-The background text on CNNs (shared/background/000): a very deep stack of convolutions (VGG has more than ten) can
-starve its early layers, because the gradient that reaches them is a product of one factor per layer; batch
-normalisation keeps every layer's scale in check and residual connections give the gradient a path that skips the
-convolutions. Two CNNs with 16 convolutional blocks of 8 channels (3x3, ReLU, PyTorch's default initialisation), trained
-with SGD on 8x8 noisy templates of 10 classes:
+A very deep stack of plain convolutions (VGG has more than ten) can starve its early layers, because the gradient that
+reaches them is a product of one factor per layer; batch normalisation (Ioffe and Szegedy 2015) keeps every layer's
+scale in check and residual connections (He et al. 2016) give the gradient a path that skips the convolutions. Two CNNs
+with 16 convolutional blocks of 8 channels (3x3, ReLU, PyTorch's default initialisation), trained with SGD on 8x8 noisy
+templates of 10 classes:
 
 1. plain: ``conv -> ReLU`` per block                      -> ``vanishing`` at the stem and the first ~11 blocks
 2. cured: ``x + ReLU(BN(conv(x)))`` per block               -> silent, and it learns

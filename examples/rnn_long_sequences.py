@@ -1,9 +1,10 @@
 """A vanilla RNN on long sequences whose gradients explode, cured by an LSTM, a GRU, or by gradient clipping.
 
-The background texts on RNNs (shared/background/000, 001, 004): backpropagation through time multiplies the gradient
-by one recurrent Jacobian per time step, so over long sequences it vanishes or explodes; gated cells (LSTM, GRU) carry
-it through their additive cell state, and clipping caps the update when it explodes. The task: read 100 numbers and
-output the mean of the first 10 (the answer lies 90 steps back). Four plain-PyTorch runs, SGD at the same rate:
+Backpropagation through time multiplies the gradient by one recurrent Jacobian per time step, so over long sequences it
+vanishes or explodes (Hochreiter 1991; Bengio, Simard and Frasconi 1994; Pascanu, Mikolov and Bengio 2013); gated cells
+(LSTM, GRU) carry it through their additive cell state, and clipping caps the update when it explodes. The task: read
+100 numbers and output the mean of the first 10 (the answer lies 90 steps back). Four plain-PyTorch runs, SGD at the
+same rate:
 
 1. ``nn.RNN`` (tanh) with its recurrent matrix in the chaotic regime (spectral radius ~4) -> ``exploding`` at ``rnn``
    from step 0, then at the head too, and a loss that runs away (later its tanh units saturate, so the RNN's own

@@ -110,7 +110,8 @@ def worker(rank: int, port: int, out: str) -> None:
         sink = MemorySink()
         callback = GradWatchCallback(clip=MAX_NORM, sinks=[sink], summary=False)
         trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=1, logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+                             enable_checkpointing=False,
                              callbacks=[callback])
         module = Net(kind)
         trainer.fit(module)

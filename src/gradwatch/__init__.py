@@ -17,9 +17,12 @@ from ._config import WatchConfig
 from ._errors import ConfigurationError, GradWatchError, NonFiniteGradientError
 from ._hooks.probe import NanOrigin
 from ._layers import ROOT_LAYER
+from ._mlflow_sink import MLflowSink
+from ._notebook import Report, report
 from ._sinks import MemorySink, Sink, TensorBoardSink
 from ._symptoms import LayerStats, Symptom
 from ._thresholds import Thresholds
+from ._wandb_sink import WandbSink
 from ._watcher import GradWatchWarning, StepReport, Watcher, watch
 
 __version__ = "0.1.0"
@@ -31,17 +34,21 @@ __all__ = [
     "GradWatchError",
     "GradWatchWarning",
     "LayerStats",
+    "MLflowSink",
     "MemorySink",
     "NanOrigin",
     "NonFiniteGradientError",
+    "Report",
     "Sink",
     "StepReport",
     "Symptom",
     "TensorBoardSink",
     "Thresholds",
+    "WandbSink",
     "WatchConfig",
     "Watcher",
     "__version__",
     "clipping",
+    "report",
     "watch",
 ]

@@ -1,4 +1,4 @@
-"""The seed experiment behind ``gradwatch demo``: XOR through 10 hidden sigmoid layers, with and without skips.
+"""The experiment behind ``gradwatch demo``: XOR through 10 hidden sigmoid layers, with and without skips.
 
 A stack of 10 sigmoid layers of width 4 cannot learn XOR with plain SGD: each layer multiplies the back-propagated
 gradient by the sigmoid's derivative (at most 0.25) and by small weights, so the early layers receive almost nothing
@@ -22,7 +22,7 @@ __all__ = ["XorNet", "XorResult", "conclusion", "describe", "learned", "run_xor"
 
 
 class ResidualSigmoid(nn.Module):
-    """``x + sigmoid(dense(x))``: the skip connection of the seed's residual variant."""
+    """``x + sigmoid(dense(x))``: the skip connection of the demo's residual variant."""
 
     def __init__(self, width: int) -> None:
         super().__init__()

@@ -1,8 +1,8 @@
 """The gradient-flow figure: per-layer RMS and max |grad| by depth, log scale, flagged layers marked.
 
-matplotlib is an optional extra (``pip install 'gradwatch[plot]'``). It is imported only when a figure is drawn, and
-drawn through the Agg canvas directly (no ``pyplot``, no global backend switch), so it works headless and leaves a
-notebook's or a GUI's backend alone.
+matplotlib is an optional extra (``pip install matplotlib``; from a gradwatch clone ``pip install '.[plot]'``). It is
+imported only when a figure is drawn, and drawn through the Agg canvas directly (no ``pyplot``, no global backend
+switch), so it works headless and leaves a notebook's or a GUI's backend alone.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 from ._errors import GradWatchError
 
-__all__ = ["MissingExtraError", "flow_figure_png", "matplotlib_available", "png_size", "require_matplotlib"]
+__all__ = ["MissingExtraError", "flow_figure", "flow_figure_png", "matplotlib_available", "png_size",
+           "require_matplotlib"]
 
-_INSTALL = "pip install 'gradwatch[plot]'"
+_INSTALL = "pip install matplotlib (from a gradwatch clone: pip install '.[plot]')"
 _KIND_COLORS = {"nonfinite": "#000000", "exploding": "#d62728", "vanishing": "#1f77b4"}
 _OTHER_KIND_COLOR = "#9467bd"
 _RMS_COLOR, _RMS_LABEL = "#4c72b0", "RMS |grad| (mean entry)"
@@ -37,7 +38,7 @@ def matplotlib_available() -> bool:
 
 
 def require_matplotlib() -> None:
-    """Raise ``MissingExtraError`` naming the ``gradwatch[plot]`` extra when matplotlib is missing."""
+    """Raise ``MissingExtraError`` naming the ``plot`` extra when matplotlib is missing."""
     if not matplotlib_available():
         raise MissingExtraError(f"The gradient-flow figure needs matplotlib, gradwatch's 'plot' extra: {_INSTALL}")
 
@@ -52,16 +53,7 @@ def flow_figure_png(
     title: str | None = None,
     dpi: int = 80,
 ) -> bytes:
-    """Draw the gradient flow across depth as a PNG.
-
-    Args:
-        names: layer names, in depth order (the order the watcher lists them).
-        rms: each layer's RMS gradient entry (``grad_norm / sqrt(numel)``, "mean |grad|"), ``None`` without one.
-        maxabs: each layer's largest absolute gradient entry, ``None`` without one.
-        flagged: layer name -> symptom kind, for the layers to mark (a coloured label and a marker above the bars).
-        step: the step shown in the title.
-        title: overrides the title.
-        dpi: resolution.
+    """Draw the gradient flow across depth as a PNG (``flow_figure()``, saved).
 
     Returns:
         The PNG file's bytes.
@@ -73,6 +65,44 @@ def flow_figure_png(
         >>> png = flow_figure_png(["in", "out"], [1e-3, 0.5], [1e-2, 2.0], flagged={"in": "vanishing"}, step=3)
         >>> png[:4] == b"\\x89PNG"
         True
+    """
+    fig = flow_figure(names, rms, maxabs, flagged=flagged, step=step, title=title, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def flow_figure(
+    names: Sequence[str],
+    rms: Sequence[float | None],
+    maxabs: Sequence[float | None],
+    *,
+    flagged: Mapping[str, str] | None = None,
+    step: int | None = None,
+    title: str | None = None,
+    dpi: int = 80,
+) -> Any:
+    """Draw the gradient flow across depth: a matplotlib ``Figure`` (not registered with ``pyplot``).
+
+    Args:
+        names: layer names, in depth order (the order the watcher lists them).
+        rms: each layer's RMS gradient entry (``grad_norm / sqrt(numel)``, "mean |grad|"), ``None`` without one.
+        maxabs: each layer's largest absolute gradient entry, ``None`` without one.
+        flagged: layer name -> symptom kind, for the layers to mark (a coloured label and a marker above the bars).
+        step: the step shown in the title.
+        title: overrides the title.
+        dpi: resolution.
+
+    Returns:
+        The ``matplotlib.figure.Figure``: one pair of bars per layer (RMS, then max ``|grad|``).
+
+    Raises:
+        MissingExtraError: without matplotlib.
+
+    Examples:
+        >>> fig = flow_figure(["in", "out"], [1e-3, 0.5], [1e-2, 2.0], step=3)
+        >>> len(fig.axes[0].patches)
+        4
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,9 +121,7 @@ def flow_figure_png(
     ax.legend(handles=_legend_handles(flagged), fontsize=8, loc="upper left", framealpha=0.85)
     ax.set_title(_default_title(step, flagged) if title is None else title, fontsize=10, pad=12)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    return fig
 
 
 def _draw_bars(ax: Any, rms: Sequence[float | None], maxabs: Sequence[float | None], n: int) -> None:

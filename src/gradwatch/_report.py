@@ -2,8 +2,9 @@
 
 Reading (``find_runs()``, ``load_run()``) and diagnosing (``diagnose()``, a pure function of the loaded run)
 are separate; rendering is plain text (``format_text()``) or a rich table when ``rich`` is installed
-(``gradwatch[report]``). Event files are read record by record with TensorBoard's own loader, which stops at the last
-complete record: a file cut mid-record by a crash still yields everything written before the cut.
+(the ``report`` extra: ``pip install rich``). Event files are read record by record with TensorBoard's own
+loader, which stops at the last complete record: a file cut mid-record by a crash still yields everything written
+before the cut.
 
 Where the numbers come from: symptom counts per step from ``gradwatch/symptoms/<kind>``; the episodes (which layers,
 from which step, until which, why) from the records under ``gradwatch/alerts`` (the JSON that
@@ -33,13 +34,19 @@ __all__ = [
     "NoRunsError",
     "RunData",
     "diagnose",
+    "diagnose_runs",
+    "episodes_of",
     "find_runs",
     "flow_data",
     "format_text",
     "load_run",
     "parse_alerts",
     "print_rich",
+    "run_header",
+    "select_runs",
     "should_fail",
+    "summary_lines",
+    "verdict",
 ]
 
 _SYMPTOMS = "gradwatch/symptoms/"
@@ -146,6 +153,30 @@ def find_runs(logdir: str | os.PathLike[str]) -> list[tuple[str, str]]:
         raise NoRunsError(f"No TensorBoard event files (events.out.tfevents.*) under {root!r}. Point gradwatch report "
                           "at the log_dir given to gradwatch.watch(), or the Lightning logger's save_dir.")
     return runs
+
+
+def select_runs(logdir: str | os.PathLike[str], run: str | None = None) -> list[tuple[str, str]]:
+    """``find_runs(logdir)``, or the one named ``run`` (a trailing ``/`` ignored).
+
+    Raises:
+        NoRunsError: when there is no run, or none of that name (the message lists the runs found).
+    """
+    runs = find_runs(logdir)
+    if run is None:
+        return runs
+    chosen = [r for r in runs if r[0] == run or r[0].rstrip("/") == run.rstrip("/")]
+    if not chosen:
+        raise NoRunsError(f"No run named {run!r} under {os.fspath(logdir)!r}; runs found: "
+                          f"{', '.join(n for n, _ in runs)}.")
+    return chosen
+
+
+def diagnose_runs(runs: Sequence[tuple[str, str]], *, chosen: bool) -> list[dict[str, Any]]:
+    """The reports of ``runs``; of those with gradwatch data only (if any) when several were found, none chosen."""
+    reports = [diagnose(load_run(name, path)) for name, path in runs]
+    if not chosen and len(reports) > 1:  # other TensorBoard runs in the same tree are not ours to report
+        reports = [r for r in reports if r["gradwatch"]] or reports
+    return reports
 
 
 def load_run(name: str, directory: str) -> RunData:
@@ -523,7 +554,7 @@ def _holds(run: RunData, a: Symptom, at: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
-def _episodes_of(r: Mapping[str, Any]) -> list[Episode]:
+def episodes_of(r: Mapping[str, Any]) -> list[Episode]:
     """The episodes of a ``diagnose()`` report, back as ``Episode`` objects (for the table)."""
     out = []
     for j in r["episodes"]:
@@ -547,7 +578,7 @@ def _norm_line(g: Mapping[str, Any]) -> str:
     return f"global grad norm: {g['trend']}, {course}"
 
 
-def _summary_lines(r: Mapping[str, Any]) -> list[str]:
+def summary_lines(r: Mapping[str, Any]) -> list[str]:
     lines = []
     g = r["global_norm"]
     if g is not None:
@@ -567,12 +598,12 @@ def _summary_lines(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _header(r: Mapping[str, Any]) -> str:
+def run_header(r: Mapping[str, Any]) -> str:
     steps = f"steps {r['steps'][0]}-{r['steps'][1]}" if r["steps"] else "no steps"
     return f"run {r['name']} ({steps}, {r['logged_steps']} logged)"
 
 
-def _verdict(r: Mapping[str, Any]) -> str:
+def verdict(r: Mapping[str, Any]) -> str:
     if not r["gradwatch"]:
         return "no gradwatch tags in this run (was it written by gradwatch.watch or GradWatchCallback?)"
     by_kind: dict[str, list[Mapping[str, Any]]] = {}
@@ -601,30 +632,30 @@ def format_text(reports: Sequence[Mapping[str, Any]]) -> str:
     """
     out = []
     for r in reports:
-        out.append(_header(r))
-        out.append("  " + _verdict(r))
+        out.append(run_header(r))
+        out.append("  " + verdict(r))
         if r["episodes"]:
-            out += episode_table(_episodes_of(r))
-        out += ["  " + line for line in _summary_lines(r)]
+            out += episode_table(episodes_of(r))
+        out += ["  " + line for line in summary_lines(r)]
         out.append("")
     return "\n".join(out).rstrip()
 
 
 def print_rich(reports: Sequence[Mapping[str, Any]], file: Any = None) -> None:
-    """The report as rich tables (``pip install 'gradwatch[report]'``)."""
+    """The report as rich tables (``pip install rich``; from a gradwatch clone ``pip install '.[report]'``)."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(file=file, highlight=False, soft_wrap=False)
     colors = {"nonfinite": "bold red", "exploding": "red", "vanishing": "yellow"}
     for r in reports:
-        console.rule(f"[bold]{_header(r)}")
-        console.print(_verdict(r), markup=False)
+        console.rule(f"[bold]{run_header(r)}")
+        console.print(verdict(r), markup=False)
         if r["episodes"]:
             table = Table(show_header=True, header_style="bold")
             for col in COLUMNS:
                 table.add_column(col, justify="right" if col in ("since", "detected", "last", "steps") else "left")
-            for e in _episodes_of(r):
+            for e in episodes_of(r):
                 row = e.row()
                 table.add_row(f"[{colors.get(e.kind, 'white')}]{row['kind']}[/]",
                               *(row[c] for c in COLUMNS[1:]))
@@ -632,6 +663,6 @@ def print_rich(reports: Sequence[Mapping[str, Any]], file: Any = None) -> None:
                     table.add_row("", f"later: {group_layers([x for x, _ in e.later])} from step {e.later[0][1]}",
                                   *([""] * (len(COLUMNS) - 2)))
             console.print(table)
-        for line in _summary_lines(r):
+        for line in summary_lines(r):
             console.print(line, markup=False)
         console.print()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -32,6 +33,7 @@ from ._config import DistributedMode, HistogramOf, NonFiniteAction, SpikeAction,
 from ._errors import ConfigurationError, GradWatchError, GradWatchWarning
 from ._history import ClipTally
 from ._hooks.probe import NanOrigin
+from ._notebook import Summary, flow_figure_of, summary_of
 from ._sinks import Sink, TensorBoardSink
 from ._step import Record, StepReport
 from ._thresholds import Thresholds
@@ -125,7 +127,7 @@ class Watcher:
             loss: this step's loss (a number, or a tensor of one element), logged as ``gradwatch/loss``; read on the
                 host only with the rest of the step's values.
             global_step: the step number to use (adapters pass the trainer's step); by default the watcher counts
-                its own calls. Logging happens when ``global_step % every_n_steps == 0``.
+                its own calls. The cadence (``every_n_steps``) reads it.
             loss_scale: the current scale of a dynamic loss scaler (fp16 AMP's ``GradScaler``), whose gradients were
                 unscaled before this call; by default that of ``watch(scaler=...)``, read at each step. Non-finite
                 gradients are then the scaler's business (it skips the optimizer step and lowers the scale): they are
@@ -138,8 +140,10 @@ class Watcher:
                 the flags, are reduced across ranks already (see ``distributed``).
                 Called on every step where a decision is taken, on every process.
             log: whether this step writes its per-layer scalars. ``None`` (default): gradwatch's cadence decides
-                (``every_n_steps``); adapters pass ``True``/``False`` to follow their trainer's logging steps.
-                Symptoms are written whenever they occur either way.
+                (``every_n_steps``); adapters pass ``True``/``False`` to follow their trainer's logging steps (with an
+                optimizer attached its update ratios are then measured at every optimizer step, since the next
+                logging step is the caller's to decide). Symptoms are written whenever they occur either way, and
+                under the default cadence so are the episode windows.
 
         Returns:
             The step's ``StepReport``. Reading its values may wait for the device; not reading them keeps the
@@ -151,14 +155,17 @@ class Watcher:
         """
         self._check_open()
         step = self._checked_step(loss, global_step, loss_scale, reduce_flag, log)  # before any side effect
+        log = None if log is None else bool(log)  # numpy's bools too
         s, self._step = self._s, step
         s.transport.collect()
-        m = s.measure.start(step, logged=step % self.every_n_steps == 0 if log is None else log)
+        window = s.updates is None or s.updates.armed  # a window the host learnt of late has no ratios: not one
+        m = s.measure.start(step, logged=s.cadence.logged(step, log, window=window), cadence=s.cadence)
         record = Record(step=step, logged=m.logged, packed=None, has_grad=m.dev.has_grad, numel=m.dev.numel)
         scale = s.amp.observe_step(record, m.dev.nonfinite, loss_scale, self.config.scaler)
         bad = drop_for_nonfinite(self.on_nonfinite, record, m.dev, reduce_flag)
         s.measure.finish(m, record, clip=not bad, loss=loss, loss_scale=scale)
         s.transport.queue(record)
+        self._last_logged = record if record.logged else self._last_logged  # what plot() draws
         self._step += 1
         if self._probe is not None:
             self._probe.prepare(self._step)
@@ -175,6 +182,8 @@ class Watcher:
                 tally_clip(self.clip_tally, record)
         if s.buffers is not None and not record.skipped:
             s.buffers.save()  # a fused device copy: the state a later skipped step goes back to
+        if s.updates is not None:  # the next optimizer step is measured when the next watcher step logs
+            s.updates.armed = s.cadence.upcoming(step, log)
         return StepReport(record, s.transport.resolve)
 
     def flush(self) -> None:
@@ -201,13 +210,33 @@ class Watcher:
         ``ConfigurationError`` naming what is wrong, and changes nothing."""
         self._step = self._s.load_state_dict(state, self.layer_names)
 
-    def summary(self) -> str:
+    def summary(self) -> Summary:
         """A short table of every symptom seen so far: kind, layer, count, first and last step; with a clipper, a
-        line on how often it acted."""
+        line on how often it acted. A ``str``; in a notebook it shows as an HTML table."""
         if not self._closed:
             self._transport.resolve_all()
-        text = self.history.format()
-        return text + f"\n{self.clip_tally}" if self.clip_tally is not None and self.clip_tally.steps else text
+        return summary_of(self.history, self.clip_tally)
+
+    def plot(self) -> Any:
+        """The gradient-flow figure of the last logged step: each layer's RMS and max ``|grad|`` by depth, log scale,
+        the layers of open symptom episodes marked. A matplotlib ``Figure`` (``pip install matplotlib``),
+        shown inline in a notebook.
+
+        Examples:
+            >>> import torch, gradwatch
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+            >>> with gradwatch.watch(model) as watcher:
+            ...     model(torch.randn(8, 3)).pow(2).mean().backward()
+            ...     _ = watcher.step()
+            ...     fig = watcher.plot()
+            >>> len(fig.axes[0].patches)  # two bars per layer
+            4
+        """
+        record = self._last_logged
+        if record is not None and not self._closed:
+            self._transport.resolve(record)
+        return flow_figure_of(None if record is None else record.stats, record.symptoms if record else (),
+                              self.history.episodes())
 
     def __enter__(self) -> Watcher:
         return self
@@ -229,13 +258,15 @@ class Watcher:
         self._s.cleanups.append(handle)
 
     # ------------------------------------------------------------------ the stages' glue
+    _last_logged: Record | None = None  # the last step that logged (its statistics, once on the host)
+
     def _check_open(self) -> None:
         if self._closed:
             raise GradWatchError("This watcher is closed; create a new one with gradwatch.watch(model).")
 
     def _checked_step(self, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any, log: Any) -> int:
         """The step's number; every argument checked (a ConfigurationError naming the bad one)."""
-        if log is not None and not isinstance(log, bool):
+        if log is not None and not isinstance(log, (bool, np.bool_)):
             raise ConfigurationError(f"log={log!r:.80} must be True, False or None (gradwatch's cadence decides).")
         check_step_value("loss", loss)
         check_step_value("loss_scale", loss_scale)
@@ -267,7 +298,7 @@ def watch(
     *,
     log_dir: str | os.PathLike[str] | None = None,
     writer: Any = None,
-    every_n_steps: int = 1,
+    every_n_steps: int | None = None,
     thresholds: Thresholds | None = None,
     clip: float | Clipper | None = None,
     on_nonfinite: NonFiniteAction = "warn",
@@ -291,7 +322,12 @@ def watch(
         model: any ``nn.Module`` (DDP and ``torch.compile`` wrappers are seen through for layer names).
         log_dir: write TensorBoard event files there (a new ``SummaryWriter``, closed by ``close()``).
         writer: or write through this ``SummaryWriter`` (flushed, never closed by gradwatch).
-        every_n_steps: write per-layer scalars every this many steps (>= 1). Symptoms are logged whenever they occur.
+        every_n_steps: ``None`` (default): gradwatch's cadence writes the per-layer scalars at every step of the
+            first 200, then every 10th step up to step 2,000, every 100th up to step 10,000, every 200th after, and
+            at every step of a window of 10 steps before and after each symptom episode: 910 steps per 100,000, plus
+            the windows (at most 484). An int ``N`` (>= 1): the
+            multiples of ``N``, no windows. Every step is measured and judged either way, and symptoms are logged
+            whenever they occur; a step that logs nothing measures each layer's sum of squares alone.
         thresholds: the rules' parameters; ``None`` for the calibrated defaults (``Thresholds``).
         clip: ``None``; a float (global L2 max norm, as ``clip_grad_norm_``); or a clipper from
             ``gradwatch.clipping``.
@@ -309,12 +345,12 @@ def watch(
             multiples of this; ``None`` (default) for none. Computed on the device, moved with the step's statistics.
         histograms: what to histogram: ``"grad"`` (default) and/or ``"param"`` (``gradwatch/param_hist/<layer>``).
         figure_every_n_steps: write the gradient-flow figure (image ``gradwatch/flow``) on the steps that are
-            multiples of this; ``None`` (default) for never. Needs matplotlib (``pip install 'gradwatch[plot]'``).
+            multiples of this; ``None`` (default) for never. Needs matplotlib (``pip install matplotlib``).
         activations: ``True`` to hook every module (a glob or list of globs over module names for some): output mean,
             std, zero fraction, saturated and dead fractions, gradient norm flowing out of each module, and the
             ``saturated`` and ``dead`` symptoms (docs/activations.md). Quiet in ``eval()`` and ``no_grad``.
-        activation_every_n_steps: sample activations every this many steps (default: ``every_n_steps``); hooks are
-            attached on those steps only.
+        activation_every_n_steps: sample activations every this many steps (default: ``every_n_steps``, every step
+            under the default cadence); hooks are attached on those steps only.
         nan_origin: locate the module where a non-finite value first appeared (``Symptom.origin``): ``"off"``,
             ``"sampled"`` (on the sampled steps) or ``"every_step"`` (hooks on every step: costs about as much as
             activations every step, still far less than ``detect_anomaly``). Default: ``"sampled"`` with activations
@@ -343,17 +379,18 @@ def watch(
     Raises:
         ConfigurationError: for any invalid argument, naming the value and the valid choices.
 
-    >>> import torch
-    >>> from torch import nn
-    >>> import gradwatch
-    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    >>> with gradwatch.watch(model) as watcher:
-    ...     model(torch.randn(16, 4)).pow(2).mean().backward()
-    ...     report = watcher.step()
-    >>> sorted(report.layers)
-    ['0', '2']
-    >>> report.symptoms
-    []
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import gradwatch
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> with gradwatch.watch(model) as watcher:
+        ...     model(torch.randn(16, 4)).pow(2).mean().backward()
+        ...     report = watcher.step()
+        >>> sorted(report.layers)
+        ['0', '2']
+        >>> report.symptoms
+        []
     """
     options = dict(locals())
     del options["model"]

@@ -17,9 +17,10 @@ FAIL_ON_KINDS: tuple[str, ...] = ("nonfinite", "vanishing", "exploding", "spike"
                                   "any")
 
 DEMO_HELP = """\
-Run the seed experiment: XOR through 10 hidden sigmoid layers of width 4, trained with SGD, against the same
-network with residual connections. gradwatch watches both and writes TensorBoard logs; the demo prints what each
-network reached (final loss and outputs), the episodes gradwatch found, and a diagnosis that follows from both.
+Run a classic vanishing-gradient experiment: XOR through 10 hidden sigmoid layers of width 4, trained with SGD,
+against the same network with residual connections. gradwatch watches both and writes TensorBoard logs; the demo
+prints what each network reached (final loss and outputs), the episodes gradwatch found, and a diagnosis that follows
+from both.
 
 examples:
   gradwatch demo
@@ -53,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     for kind, text in list(advice_lines([*plain.history.episodes(), *res.history.episodes()]).items())[:1]:
         print(f"advice ({kind}): {text}")  # one: the demo prints at most 12 lines (gradwatch report gives them all)
     print(conclusion(plain, res))
-    print(f"TensorBoard logs: tensorboard --logdir {root}")
+    print(f"TensorBoard logs: tensorboard --logdir {root}   (then open the GRADWATCH tab)")
     return 0
 
 
@@ -76,7 +77,8 @@ examples:
 
 PLOT_HELP = """\
 Draw the gradient-flow figure from event files: per-layer RMS and max |grad| in depth order on a log scale, the
-layers with a symptom marked. Needs matplotlib (pip install 'gradwatch[plot]').
+layers with a symptom marked. Needs matplotlib (pip install matplotlib; from a
+gradwatch clone: pip install '.[plot]').
 
 examples:
   gradwatch plot runs/gradwatch-demo --run plain -o flow.png
@@ -105,28 +107,16 @@ def _os_reason(exc: OSError) -> str:
     return f"{reason}: {exc.filename!r}" if exc.filename is not None else reason
 
 
-def _select_runs(logdir: str, run: str | None) -> list[tuple[str, str]]:
-    from ._report import NoRunsError, find_runs
-
-    runs = find_runs(logdir)
-    if run is None:
-        return runs
-    chosen = [r for r in runs if r[0] == run or r[0].rstrip("/") == run.rstrip("/")]
-    if not chosen:
-        raise NoRunsError(f"No run named {run!r} under {logdir!r}; runs found: {', '.join(n for n, _ in runs)}.")
-    return chosen
-
-
 def _report(args: argparse.Namespace) -> int:
-    from ._report import NoRunsError, should_fail
+    from ._report import NoRunsError, diagnose_runs, select_runs, should_fail
 
     fail_on = list(args.fail_on)
     try:
-        runs = _select_runs(args.logdir, args.run)
+        runs = select_runs(args.logdir, args.run)
     except NoRunsError as exc:
         print(f"gradwatch report: {exc}", file=sys.stderr)
         return 2
-    reports = _diagnose(runs, chosen=args.run is not None)
+    reports = diagnose_runs(runs, chosen=args.run is not None)
     hits = should_fail(reports, fail_on)
     if args.json:
         print(json.dumps({"logdir": os.fspath(args.logdir), "runs": reports, "fail_on": fail_on, "failed": hits},
@@ -138,16 +128,6 @@ def _report(args: argparse.Namespace) -> int:
             print(f"gradwatch report: no gradwatch tags in the event files under {args.logdir!r}.", file=sys.stderr)
         return 2
     return 1 if hits else 0
-
-
-def _diagnose(runs: Sequence[tuple[str, str]], *, chosen: bool) -> list[dict[str, Any]]:
-    """The reports of ``runs``; of those with gradwatch data only (if any) when several were found, none chosen."""
-    from ._report import diagnose, load_run
-
-    reports = [diagnose(load_run(name, path)) for name, path in runs]
-    if not chosen and len(reports) > 1:  # other TensorBoard runs in the same tree are not ours to report
-        reports = [r for r in reports if r["gradwatch"]] or reports
-    return reports
 
 
 def _print_reports(reports: Sequence[Mapping[str, Any]], fail_on: Sequence[str], hits: Sequence[str]) -> None:
@@ -166,7 +146,7 @@ def _print_reports(reports: Sequence[Mapping[str, Any]], fail_on: Sequence[str],
 
 def _plot(args: argparse.Namespace) -> int:
     from ._flowplot import MissingExtraError, flow_figure_png
-    from ._report import NoRunsError, flow_data, load_run
+    from ._report import NoRunsError, flow_data, load_run, select_runs
 
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):  # before reading the run and drawing: a typo in -o fails at once
@@ -174,7 +154,7 @@ def _plot(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        runs = [load_run(name, path) for name, path in _select_runs(args.logdir, args.run)]
+        runs = [load_run(name, path) for name, path in select_runs(args.logdir, args.run)]
         ours = [r for r in runs if r.has_gradwatch]
         if len(ours) != 1:
             names = ", ".join(r.name for r in ours) or "none"

@@ -16,16 +16,17 @@ The clippers (docs/clipping.md, "Choosing a clipping rule", compares them):
 A clipper of your own subclasses ``Clipper`` and returns a ``ClipResult``; ``global_coef()`` and
 ``scale_all()`` do the arithmetic of one global coefficient without a host sync.
 
->>> import torch
->>> from torch import nn
->>> import gradwatch
->>> from gradwatch.clipping import NormClip
->>> model = nn.Linear(4, 2)
->>> model(torch.ones(3, 4)).sum().mul(100).backward()
->>> with gradwatch.watch(model, clip=NormClip(1.0)) as watcher:
-...     report = watcher.step()
->>> round(report.clipped_norm, 4)
-1.0
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> import gradwatch
+    >>> from gradwatch.clipping import NormClip
+    >>> model = nn.Linear(4, 2)
+    >>> model(torch.ones(3, 4)).sum().mul(100).backward()
+    >>> with gradwatch.watch(model, clip=NormClip(1.0)) as watcher:
+    ...     report = watcher.step()
+    >>> round(report.clipped_norm, 4)
+    1.0
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from ._config import HistogramOf, NonFiniteAction, SpikeAction, WatchConfig
 from ._errors import ConfigurationError, GradWatchWarning
 from ._hooks.probe import NanOrigin
 from ._layers import discover_layers
-from ._lightning.compat import callback_bases, grad_scaler
+from ._lightning.compat import callback_bases, grad_scaler, lightning_logs, logging_step
 from ._lightning.sinks import LoggerSink, sinks_for_loggers
 from ._sinks import Sink
 from ._thresholds import Thresholds
@@ -89,8 +89,11 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
     It takes ``gradwatch.watch()``'s configuration, minus the model and the writer, which come from the Trainer.
 
     Args:
-        every_n_steps: write per-layer scalars every this many optimizer steps; ``None`` follows
-            ``Trainer(log_every_n_steps=...)``. Symptoms are logged whenever they occur.
+        every_n_steps: write per-layer scalars on every this-many-th optimizer step, counted as Lightning counts
+            its logging steps (with ``Trainer(log_every_n_steps=...)`` equal to it, on the same steps as
+            Lightning's own metrics). ``None`` (default): exactly when Lightning writes its own step metrics, at
+            the step number it writes them at, so they share ``step`` values in ``metrics.csv`` and points in
+            TensorBoard. Symptoms are logged whenever they occur.
         thresholds: the rules' parameters (``gradwatch.Thresholds``); ``None`` for the defaults.
         clip: ``None``, a float (global L2 max norm) or a clipper from ``gradwatch.clipping``; applied in
             ``on_before_optimizer_step``. Do not also set ``Trainer(gradient_clip_val=...)``.
@@ -125,9 +128,10 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
     Raises:
         ConfigurationError: for an invalid argument; at ``setup`` when the Trainer also clips.
 
-    >>> cb = GradWatchCallback(layers="encoder.*", every_n_steps=10)
-    >>> cb.watcher is None
-    True
+    Examples:
+        >>> cb = GradWatchCallback(layers="encoder.*", every_n_steps=10)
+        >>> cb.watcher is None
+        True
     """
 
     def __init__(
@@ -156,9 +160,11 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         for name, flag in (("progress_bar", progress_bar), ("summary", summary)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"{name}={flag!r} must be True or False.")
-        #: The watcher's configuration (``every_n_steps`` is set from the Trainer at ``setup`` when ``None`` here).
+        cadence: dict[str, Any] = {} if every_n_steps is None else {"every_n_steps": every_n_steps}  # checked there
+        #: The watcher's configuration. Which steps write per-layer scalars is the callback's decision (see
+        #: ``every_n_steps``); the activations' default sampling interval is set from the Trainer when it starts.
         self.config = WatchConfig(
-            every_n_steps=1 if every_n_steps is None else every_n_steps, thresholds=thresholds, clip=clip,
+            **cadence, thresholds=thresholds, clip=clip,
             on_nonfinite=engine_action(on_nonfinite), layers=layers, sinks=sinks, on_spike=on_spike,
             histogram_every_n_steps=histogram_every_n_steps, histograms=histograms,
             figure_every_n_steps=figure_every_n_steps, activations=activations,
@@ -218,7 +224,9 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         # Several processes: the strategy's wrapper (DDP, FSDP) tells gradwatch how the gradients are held; the layer
         # names are the LightningModule's either way (wrapper prefixes are dropped).
         model = trainer.strategy.model if trainer.world_size > 1 and trainer.strategy.model is not None else pl_module
-        config = self.config.replace(every_n_steps=self.every_n_steps or max(1, int(trainer.log_every_n_steps)),
+        interval = self.every_n_steps or max(1, int(trainer.log_every_n_steps))
+        config = self.config.replace(every_n_steps=interval,  # for watcher.every_n_steps; step(log=) decides
+                                     activation_every_n_steps=self.config.activation_every_n_steps or interval,
                                      optimizer=trainer_optimizers(trainer, model, self.config.layers),
                                      scaler=grad_scaler(trainer))  # 16-mixed: the Trainer's GradScaler, else None
         self.watcher = Watcher(model, config if self._rank_zero else config.replace(sinks=()), sinks=sinks)
@@ -253,7 +261,8 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
         with warnings.catch_warnings():
             if not self._rank_zero:  # one warning per run, not one per rank
                 warnings.simplefilter("ignore", GradWatchWarning)
-            report = watcher.step(global_step=trainer.global_step, loss=loss, loss_scale=scale, reduce_flag=reduce)
+            step, log = self._when(trainer, pl_module)
+            report = watcher.step(global_step=step, loss=loss, loss_scale=scale, reduce_flag=reduce, log=log)
         if self.on_nonfinite == "stop" and report.skip_reason == "nonfinite":  # agreed across ranks
             trainer.should_stop = True
             if self._rank_zero:
@@ -261,6 +270,18 @@ class GradWatchCallback(*callback_bases()):  # type: ignore[misc]
                       "stops after it (on_nonfinite='stop'). See the summary below and the gradwatch/alerts text.")
         if self.progress_bar and report.logged:
             pl_module.log("grad_norm", report.global_norm, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def _when(self, trainer: Any, pl_module: Any) -> tuple[int, bool]:
+        """This optimizer step's number and whether it writes per-layer scalars, in Lightning's logging terms.
+
+        The number is the one Lightning writes this batch's metrics at; under manual optimization, where a batch may
+        step several optimizers, it is ``trainer.global_step`` (one watcher step per optimizer step).
+        """
+        manual = not getattr(pl_module, "automatic_optimization", True)
+        step = int(trainer.global_step) if manual else logging_step(trainer)
+        if self.every_n_steps is None:
+            return step, lightning_logs(trainer)
+        return step, (step + 1) % self.every_n_steps == 0
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

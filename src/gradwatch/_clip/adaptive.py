@@ -57,16 +57,17 @@ class ZScoreClip(Clipper):
         mode: ``"zscore"`` (reciprocal clipping) or ``"percentile"`` (clip to ``mu + z_threshold * sigma``).
         eps: added to ``sigma`` in the z-score (> 0).
 
-    >>> import torch
-    >>> from gradwatch._stats import StatsEngine
-    >>> from gradwatch._layers import discover_layers
-    >>> model = torch.nn.Linear(2, 1, bias=False)
-    >>> engine, clip = StatsEngine(discover_layers(model)), ZScoreClip(warmup_steps=3)
-    >>> for norm in [1.0, 1.0, 1.0, 100.0]:
-    ...     model.weight.grad = torch.tensor([[norm, 0.0]])
-    ...     result = clip.clip(engine.compute().batch)
-    >>> round(float(model.weight.grad[0, 0]), 3)  # clipped to mu + z**2 * sigma / z = mu (sigma is 0)
-    1.0
+    Examples:
+        >>> import torch
+        >>> from gradwatch._stats import StatsEngine
+        >>> from gradwatch._layers import discover_layers
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> engine, clip = StatsEngine(discover_layers(model)), ZScoreClip(warmup_steps=3)
+        >>> for norm in [1.0, 1.0, 1.0, 100.0]:
+        ...     model.weight.grad = torch.tensor([[norm, 0.0]])
+        ...     result = clip.clip(engine.compute().batch)
+        >>> round(float(model.weight.grad[0, 0]), 3)  # clipped to mu + z**2 * sigma / z = mu (sigma is 0)
+        1.0
     """
 
     supports_distributed = True  # clips from batch.total_norm alone, which is global under sharding
@@ -183,16 +184,17 @@ class PercentileClip(Clipper):
         window: how many recent norms to keep, from 1 to ``MAX_WINDOW`` (1,000,000: the window is sorted at
             every step).
 
-    >>> import torch
-    >>> from gradwatch._stats import StatsEngine
-    >>> from gradwatch._layers import discover_layers
-    >>> model = torch.nn.Linear(1, 1, bias=False)
-    >>> engine, clip = StatsEngine(discover_layers(model)), PercentileClip(percentile=50.0, window=8)
-    >>> for norm in [1.0, 2.0, 3.0, 10.0]:
-    ...     model.weight.grad = torch.tensor([[norm]])
-    ...     result = clip.clip(engine.compute().batch)
-    >>> float(result.threshold), float(model.weight.grad)  # median of 1, 2, 3, 10
-    (2.5, 2.5)
+    Examples:
+        >>> import torch
+        >>> from gradwatch._stats import StatsEngine
+        >>> from gradwatch._layers import discover_layers
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> engine, clip = StatsEngine(discover_layers(model)), PercentileClip(percentile=50.0, window=8)
+        >>> for norm in [1.0, 2.0, 3.0, 10.0]:
+        ...     model.weight.grad = torch.tensor([[norm]])
+        ...     result = clip.clip(engine.compute().batch)
+        >>> float(result.threshold), float(model.weight.grad)  # median of 1, 2, 3, 10
+        (2.5, 2.5)
     """
 
     supports_distributed = True  # clips from batch.total_norm alone, which is global under sharding

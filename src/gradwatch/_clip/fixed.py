@@ -23,8 +23,9 @@ class NormClip(Clipper):
         max_norm: the largest global norm allowed (> 0).
         norm_type: the norm's order: any positive number or ``inf``.
 
-    >>> NormClip(1.0)
-    NormClip(max_norm=1.0, norm_type=2.0)
+    Examples:
+        >>> NormClip(1.0)
+        NormClip(max_norm=1.0, norm_type=2.0)
     """
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
@@ -50,8 +51,9 @@ class ValueClip(Clipper):
     Args:
         value: the largest absolute gradient entry allowed (> 0).
 
-    >>> ValueClip(0.5)
-    ValueClip(value=0.5)
+    Examples:
+        >>> ValueClip(0.5)
+        ValueClip(value=0.5)
     """
 
     def __init__(self, value: float) -> None:

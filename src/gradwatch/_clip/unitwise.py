@@ -68,21 +68,22 @@ class AGC(Clipper):
     ``gradwatch/clip/coef`` the smallest unit coefficient, ``gradwatch/clip/active_frac`` the fraction of (non
     excluded) units rescaled.
 
-    >>> import torch, gradwatch
-    >>> model = torch.nn.Linear(2, 2)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0]])), model.bias.zero_()
-    >>> model.weight.grad = torch.tensor([[1.0, 0.0], [0.0, 0.001]])
-    >>> model.bias.grad = torch.tensor([1.0, 0.0])
-    >>> with gradwatch.watch(model, clip=AGC(clip_factor=0.01)) as watcher:
-    ...     report = watcher.step()
-    >>> model.weight.grad  # row 0: bound 0.01 * 5; row 1 (norm 0.001 <= 0.01 * 1) untouched
-    tensor([[0.0500, 0.0000],
-            [0.0000, 0.0010]])
-    >>> model.bias.grad  # a zero bias still gets 0.01 * eps = 1e-5
-    tensor([1.0000e-05, 0.0000e+00])
-    >>> round(report.extras["gradwatch/clip/active_frac"], 3)  # 2 of 3 units rescaled
-    0.667
+    Examples:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0]])), model.bias.zero_()
+        >>> model.weight.grad = torch.tensor([[1.0, 0.0], [0.0, 0.001]])
+        >>> model.bias.grad = torch.tensor([1.0, 0.0])
+        >>> with gradwatch.watch(model, clip=AGC(clip_factor=0.01)) as watcher:
+        ...     report = watcher.step()
+        >>> model.weight.grad  # row 0: bound 0.01 * 5; row 1 (norm 0.001 <= 0.01 * 1) untouched
+        tensor([[0.0500, 0.0000],
+                [0.0000, 0.0010]])
+        >>> model.bias.grad  # a zero bias still gets 0.01 * eps = 1e-5
+        tensor([1.0000e-05, 0.0000e+00])
+        >>> round(report.extras["gradwatch/clip/active_frac"], 3)  # 2 of 3 units rescaled
+        0.667
     """
 
     def __init__(self, clip_factor: float = 0.01, *, eps: float = 1e-3, exclude: str | Sequence[str] = ()) -> None:
@@ -96,11 +97,12 @@ class AGC(Clipper):
     def check_layers(self, layer_names: Sequence[str]) -> None:
         """Raise ConfigurationError when an ``exclude`` pattern matches none of ``layer_names``.
 
-        >>> try:
-        ...     AGC(exclude="head*").check_layers(["body", "fc"])
-        ... except ConfigurationError as error:
-        ...     print(error)
-        AGC(exclude=...) pattern 'head*' matches no watched layer; the layers are: body, fc.
+        Examples:
+            >>> try:
+            ...     AGC(exclude="head*").check_layers(["body", "fc"])
+            ... except ConfigurationError as error:
+            ...     print(error)
+            AGC(exclude=...) pattern 'head*' matches no watched layer; the layers are: body, fc.
         """
         self._exclusions(layer_names)
 
@@ -208,13 +210,16 @@ class LayerNormClip(Clipper):
     Args:
         max_norm: the largest L2 norm allowed for any one layer's gradient (> 0).
 
-    >>> import torch, gradwatch
-    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
-    >>> model[0].weight.grad, model[1].weight.grad = torch.tensor([[10.0]]), torch.tensor([[0.5]])
-    >>> with gradwatch.watch(model, clip=LayerNormClip(max_norm=1.0)) as watcher:
-    ...     report = watcher.step()
-    >>> round(float(model[0].weight.grad), 4), float(model[1].weight.grad), report.extras["gradwatch/clip/active_frac"]
-    (1.0, 0.5, 0.5)
+    Examples:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+        >>> model[0].weight.grad, model[1].weight.grad = torch.tensor([[10.0]]), torch.tensor([[0.5]])
+        >>> with gradwatch.watch(model, clip=LayerNormClip(max_norm=1.0)) as watcher:
+        ...     report = watcher.step()
+        >>> round(float(model[0].weight.grad), 4), float(model[1].weight.grad)
+        (1.0, 0.5)
+        >>> report.extras["gradwatch/clip/active_frac"]
+        0.5
     """
 
     def __init__(self, max_norm: float) -> None:
