@@ -410,3 +410,53 @@ def test_summary_and_stop_line_do_not_break_the_progress_bar(tmp_path, capfd, mo
     assert re.search(r"[\r\n]gradwatch: non-finite gradients at step 2: the step was skipped", captured.err)
     assert re.search(r"[\r\n]gradwatch: 1 symptom episode\n\s+kind", captured.out), captured.out
     assert list(logger.handlers) == handlers  # the bar's handler is gone after training
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the Trainer's own W&B and MLflow integrations
+# ---------------------------------------------------------------------------------------------------------------------
+def test_report_to_mlflow_writes_gradwatch_into_the_run_the_trainer_started(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "gradwatch-hf")
+    sink = MemorySink()
+    cb = GradWatchTrainerCallback(sinks=[sink], summary=False)
+    run = trainer(tmp_path, [cb], report_to=["mlflow"], logging_steps=2, max_steps=4)
+    run.train()
+    client = mlflow.MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gradwatch-hf"]
+    (found,) = client.search_runs([experiment.experiment_id])
+    logged = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "gradwatch/global/grad_norm")}
+    assert sorted(logged) == [2, 4]  # the Trainer's logging steps, as in TensorBoard
+    for step, value in sink.series("gradwatch/global/grad_norm"):
+        assert logged[step] == pytest.approx(value, rel=1e-6)
+    assert "train_loss" in found.data.metrics or "loss" in found.data.metrics  # the Trainer's own run, not another
+
+
+def test_report_to_wandb_adds_a_sink_on_the_run_the_trainer_started(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = []
+
+    class Spy(transformers.TrainerCallback):  # after gradwatch's: its watcher exists, the W&B run is still open
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append([type(s).__name__ for s in cb.watcher.sinks] + [wandb.run is not None])
+
+    cb = GradWatchTrainerCallback(summary=False)
+    run = trainer(tmp_path, [cb, Spy()], report_to=["wandb"], logging_steps=2, max_steps=2)
+    try:
+        run.train()
+    finally:
+        if wandb.run is not None:
+            wandb.run.finish()
+    assert seen and seen[-1] == ["TensorBoardSink", "WandbSink", True]
+
+
+def test_no_integration_sink_without_report_to(tmp_path):
+    from gradwatch._hf.flow import integration_sinks
+
+    assert integration_sinks(["tensorboard"], []) == []
+    assert integration_sinks([], []) == []

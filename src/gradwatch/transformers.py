@@ -25,7 +25,16 @@ from ._config import HistogramOf, NonFiniteAction, SpikeAction, WatchConfig
 from ._console import LOGGER
 from ._errors import ConfigurationError, GradWatchWarning
 from ._hf.console import route_around_progress_bar, write_line
-from ._hf.flow import STATE_KEY, clip_for, logs_at, refuse_unsupported, steps_per_epoch, strategy_name, tensorboard_dir
+from ._hf.flow import (
+    STATE_KEY,
+    clip_for,
+    integration_sinks,
+    logs_at,
+    refuse_unsupported,
+    steps_per_epoch,
+    strategy_name,
+    tensorboard_dir,
+)
 from ._hf.loss import LossTap
 from ._hooks.probe import NanOrigin
 from ._sinks import Sink
@@ -165,6 +174,9 @@ class GradWatchTrainerCallback(TrainerCallback):
             if config.writer is None and config.log_dir is None:
                 config = config.replace(log_dir=tensorboard_dir(str(args.output_dir), list(args.report_to or ()),
                                                                 state.trial_name))
+            extra = integration_sinks(list(args.report_to or ()), config.sinks)  # report_to=["wandb", "mlflow"]
+            if extra:
+                config = config.replace(sinks=(*config.sinks, *extra))
         else:  # other ranks compute and decide, but never write
             config = config.replace(log_dir=None, writer=None, sinks=())
         self.watcher = watcher = Watcher(model, config)

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._mlflow_sink import MLflowSink
+from .._sinks import Sink
+from .._wandb_sink import WandbSink
 from ..clipping import Clipper, NormClip
 
-__all__ = ["STATE_KEY", "clip_for", "logs_at", "refuse_unsupported", "steps_per_epoch", "strategy_name",
-           "tensorboard_dir"]
+__all__ = ["STATE_KEY", "clip_for", "integration_sinks", "logs_at", "refuse_unsupported", "steps_per_epoch",
+           "strategy_name", "tensorboard_dir"]
 
 #: The key of the watcher's state in ``TrainerState.stateful_callbacks`` (``trainer_state.json`` of a checkpoint). Not
 #: a class name, so that ``restore_callback_states_from_checkpoint=True`` never rebuilds the callback from it.
@@ -133,3 +137,25 @@ def _writer_dir(root: Path) -> str | None:
     if not files:
         return None
     return str(max(files, key=lambda f: f.stat().st_mtime_ns).parent)
+
+
+def integration_sinks(report_to: Sequence[str], sinks: Sequence[Sink]) -> list[Sink]:
+    """Sinks into the runs of the Trainer's own W&B and MLflow integrations, when ``report_to`` names them.
+
+    Their callbacks start the run in their ``on_train_begin``, which runs before the callbacks the user adds, so the
+    run is there when gradwatch's watcher is built. Nothing is imported here: a package the Trainer's integration
+    did not import is not in use. A sink of the same kind given in ``sinks=`` wins.
+
+    >>> integration_sinks(["tensorboard"], [])
+    []
+    """
+    out: list[Sink] = []
+    wandb = sys.modules.get("wandb")
+    if ("wandb" in report_to and wandb is not None and getattr(wandb, "run", None) is not None
+            and not any(isinstance(s, WandbSink) for s in sinks)):
+        out.append(WandbSink(wandb.run))
+    mlflow = sys.modules.get("mlflow")
+    if ("mlflow" in report_to and mlflow is not None and mlflow.active_run() is not None
+            and not any(isinstance(s, MLflowSink) for s in sinks)):
+        out.append(MLflowSink(mlflow.active_run()))
+    return out
