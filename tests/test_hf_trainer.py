@@ -452,7 +452,8 @@ def test_report_to_wandb_adds_a_sink_on_the_run_the_trainer_started(tmp_path, mo
     finally:
         if wandb.run is not None:
             wandb.run.finish()
-    assert seen and seen[-1] == ["TensorBoardSink", "WandbSink", True]
+    assert seen
+    assert seen[-1] == ["TensorBoardSink", "WandbSink", True]
 
 
 def test_no_integration_sink_without_report_to(tmp_path):
