@@ -170,16 +170,7 @@ class GradWatchTrainerCallback(TrainerCallback):
         config = self.config.replace(
             clip=clipper, every_n_steps=self.every_n_steps or self._logging_interval(args, state),
             optimizer=optimizer, scaler=getattr(optimizer, "scaler", None))  # fp16: accelerate's GradScaler
-        if self._rank_zero:
-            if config.writer is None and config.log_dir is None:
-                config = config.replace(log_dir=tensorboard_dir(str(args.output_dir), list(args.report_to or ()),
-                                                                state.trial_name))
-            extra = integration_sinks(list(args.report_to or ()), config.sinks)  # report_to=["wandb", "mlflow"]
-            if extra:
-                config = config.replace(sinks=(*config.sinks, *extra))
-        else:  # other ranks compute and decide, but never write
-            config = config.replace(log_dir=None, writer=None, sinks=())
-        self.watcher = watcher = Watcher(model, config)
+        self.watcher = watcher = Watcher(model, self._outputs(config, args, state))
         self._taken = (args, max_grad_norm)
         self._resume(state)
         average = bool(getattr(args, "average_tokens_across_devices", False)) and int(args.world_size) > 1
@@ -187,6 +178,17 @@ class GradWatchTrainerCallback(TrainerCallback):
         watcher.add_cleanup(self._tap)
         if self._rank_zero and not args.disable_tqdm:
             self._bar_handler = route_around_progress_bar()
+
+    def _outputs(self, config: WatchConfig, args: Any, state: Any) -> WatchConfig:
+        """Where the watcher writes: on rank zero the Trainer's TensorBoard run (unless ``log_dir=``/``writer=``) and
+        the runs of its W&B and MLflow integrations; other ranks compute and decide, but never write."""
+        if not self._rank_zero:
+            return config.replace(log_dir=None, writer=None, sinks=())
+        report_to = list(args.report_to or ())
+        if config.writer is None and config.log_dir is None:
+            config = config.replace(log_dir=tensorboard_dir(str(args.output_dir), report_to, state.trial_name))
+        extra = integration_sinks(report_to, config.sinks)  # report_to=["wandb", "mlflow"]
+        return config.replace(sinks=(*config.sinks, *extra)) if extra else config
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._taken is not None:
