@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -423,7 +424,14 @@ def test_report_to_mlflow_writes_gradwatch_into_the_run_the_trainer_started(tmp_
     sink = MemorySink()
     cb = GradWatchTrainerCallback(sinks=[sink], summary=False)
     run = trainer(tmp_path, [cb], report_to=["mlflow"], logging_steps=2, max_steps=4)
-    run.train()
+    try:
+        run.train()
+    finally:  # the Trainer's MLflowCallback set this process's active experiment: later tests use other stores
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.tracking.fluent._active_experiment_id = None  # no public way to unset it
+        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # mlflow.set_experiment() exports the id
+            os.environ.pop(name, None)
     client = mlflow.MlflowClient(f"file:{tmp_path / 'mlruns'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "gradwatch-hf"]
     (found,) = client.search_runs([experiment.experiment_id])
