@@ -469,3 +469,30 @@ def test_no_integration_sink_without_report_to(tmp_path):
 
     assert integration_sinks(["tensorboard"], []) == []
     assert integration_sinks([], []) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# console lines around the Trainer's progress bar
+# ---------------------------------------------------------------------------------------------------------------------
+def test_lines_go_through_tqdm_unless_the_application_handles_them(capsys, monkeypatch):
+    import logging
+
+    from gradwatch._console import LOGGER
+    from gradwatch._hf.console import ProgressBarHandler, route_around_progress_bar
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # no application logging
+    handler = route_around_progress_bar()
+    try:
+        assert isinstance(handler, ProgressBarHandler)
+        LOGGER.warning("vanishing gradients in h.0")
+        assert "gradwatch: vanishing gradients in h.0" in capsys.readouterr().err
+    finally:
+        LOGGER.removeHandler(handler)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # the application's own logging
+    assert route_around_progress_bar() is None
+    LOGGER.addHandler(mine := logging.NullHandler())
+    try:
+        monkeypatch.setattr(logging.getLogger(), "handlers", [])
+        assert route_around_progress_bar() is None  # a handler of the user's on gradwatch's logger
+    finally:
+        LOGGER.removeHandler(mine)

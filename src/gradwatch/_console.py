@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from ._episodes import Changes, Episode, group_layers, kind_label, plural
 
-__all__ = ["LOGGER", "Console", "end_line", "prepare_logger", "quiet", "set_verbosity", "start_line"]
+__all__ = ["LOGGER", "Console", "ConsoleHandler", "ancestors_handle", "end_line", "prepare_logger", "quiet",
+           "set_verbosity", "start_line"]
 
 LOGGER = logging.getLogger("gradwatch")
 """The logger every console line of gradwatch goes through."""
@@ -57,8 +58,11 @@ class ConsoleHandler(logging.Handler):
 
 
 def _handled_elsewhere(handler: logging.Handler) -> bool:
-    if any(h is not handler for h in LOGGER.handlers):
-        return True
+    return any(h is not handler for h in LOGGER.handlers) or ancestors_handle()
+
+
+def ancestors_handle() -> bool:
+    """Whether the ``gradwatch`` logger's lines propagate to a logger with handlers (the application's logging)."""
     logger: logging.Logger | None = LOGGER
     while logger is not None and logger.propagate:
         logger = logger.parent

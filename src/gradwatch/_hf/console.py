@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from .._console import LOGGER
+from .._console import LOGGER, ConsoleHandler, ancestors_handle
 
 __all__ = ["ProgressBarHandler", "route_around_progress_bar", "write_line"]
 
@@ -37,13 +37,8 @@ def route_around_progress_bar() -> ProgressBarHandler | None:
     """Add a ``ProgressBarHandler`` to the ``gradwatch`` logger, unless someone else handles its lines (a handler of
     its own other than gradwatch's console one, or the application's through propagation); remove it with
     ``LOGGER.removeHandler``. gradwatch's console handler is quiet while another handler is on the logger."""
-    if any(type(h).__name__ != "ConsoleHandler" for h in LOGGER.handlers):
+    if any(not isinstance(h, ConsoleHandler) for h in LOGGER.handlers) or ancestors_handle():
         return None
-    logger: logging.Logger | None = LOGGER
-    while logger is not None and logger.propagate:
-        logger = logger.parent
-        if logger is not None and logger.handlers:
-            return None
     handler = ProgressBarHandler()
     LOGGER.addHandler(handler)
     return handler
