@@ -481,6 +481,8 @@ def test_lines_go_through_tqdm_unless_the_application_handles_them(capsys, monke
     from gradwatch._hf.console import ProgressBarHandler, route_around_progress_bar
 
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # no application logging
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)  # whatever verbose= an earlier watcher set (setLevel also clears its cache)
     handler = route_around_progress_bar()
     try:
         assert isinstance(handler, ProgressBarHandler)
@@ -488,6 +490,7 @@ def test_lines_go_through_tqdm_unless_the_application_handles_them(capsys, monke
         assert "gradwatch: vanishing gradients in h.0" in capsys.readouterr().err
     finally:
         LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
     monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # the application's own logging
     assert route_around_progress_bar() is None
     LOGGER.addHandler(mine := logging.NullHandler())
