@@ -94,9 +94,9 @@ class AmpState:
             return f"amp_overflow_patience={self.patience} reached"
         return ""
 
-    def observe_step(self, record: Record, nonfinite: Tensor, loss_scale: Tensor | float | None,
+    def observe_step(self, record: Record, dev: DeviceStats, loss_scale: Tensor | float | None,
                      scaler: Any) -> Tensor | float | None:
-        """Count a step whose gradients a dynamic loss scaler unscaled; ``nonfinite``: its per-layer codes. The scale
+        """Count a step whose gradients a dynamic loss scaler unscaled; ``dev``: its statistics. The scale
         is ``loss_scale`` or, without one, the ``scaler``'s (``None`` for no scaler, or a disabled one: nothing is
         counted). Returns the scale."""
         scale = loss_scale if loss_scale is not None else scale_of(scaler)
@@ -105,7 +105,7 @@ class AmpState:
         # Intended host sync: the GradScaler reads its own Inf/NaN flags on the host in scaler.step() right after
         # this call; overflow bookkeeping needs the same answer now. A scale given as a device tensor is read in the
         # same breath (the device is idle by then: no second wait).
-        record.amp, record.amp_overflow = True, bool(nonfinite.any())
+        record.amp, record.amp_overflow = True, bool(dev.nonfinite.any())
         record.amp_persistent = self.observe(record.amp_overflow, float(scale))
         record.amp_streak, record.amp_overflows, record.amp_why = self.streak, self.overflows, self.why
         return scale

@@ -155,7 +155,9 @@ def assemble(model: nn.Module, c: WatchConfig, sinks: Sequence[Sink]) -> Stages:
     return Stages(
         layers=layers, dist=dist, probe=hooks, engine=engine,
         measure=Measure(layers, engine, c.clipper, dashboard, hooks, updates,
-                        every_max=decides_before_step(c.on_nonfinite)), evaluate=evaluate, fanout=fanout,
+                        every_max=decides_before_step(c.on_nonfinite),
+                        host_path=dist is None and c.scaler is None and c.on_spike != "skip"),
+        evaluate=evaluate, fanout=fanout,
         replaced=replaced, amp=amp, delivery=delivery, transport=Transport(delivery), history=history,
         clip_tally=tally, updates=updates, cleanups=_removable(updates, hooks), buffers=_norm_buffers(model, c),
         cadence=cadence,

@@ -396,6 +396,9 @@ class DashboardLogger:
         """The first logging step's tags, then those written later."""
         return tuple(scalars) + tuple(t for t in self.later_tags if t not in scalars)
 
+    def figure_step(self, step: int) -> bool:
+        return self.figure_every_n_steps is not None and step % self.figure_every_n_steps == 0
+
     def histogram_step(self, step: int) -> bool:
         return self.histogram_every_n_steps is not None and step % self.histogram_every_n_steps == 0
 

@@ -528,6 +528,10 @@ class EpisodeTracker:
         changes.ongoing = list(self.open.values())
         return changes
 
+    def tick(self, step: int) -> None:
+        """A step observed without any symptom while no episode is open: only the clock moves."""
+        self._clock = step
+
     def _step_of(self, symptoms: Sequence[Symptom]) -> int | None:
         """The symptoms' step; for a step without any, the one after the last observed (``None`` before any)."""
         if symptoms:

@@ -72,7 +72,21 @@ class Evaluator:
         if r.host_vec is None:
             raise RuntimeError(f"step {r.step} is not on the host yet")  # an invariant of the transport
         parts = r.layout.unpack(r.host_vec)
-        stats = host_stats(r, self.names, parts)
+        return self.judge(r, host_stats(r, self.names, parts), parts)
+
+    def on_host(self, r: Record, sumsq: np.ndarray, global_norm: float) -> Evaluation:
+        """A step that logs nothing, from its finite per-layer sums of squares on the host
+        (``gradwatch._measure.Measure.on_host()``: no clipper, no hooks, no scaler)."""
+        n = len(self.names)
+        stats = HostStats(
+            step=r.step, names=self.names, grad_norm=np.sqrt(sumsq), grad_max=np.full(n, np.nan), measured_max=False,
+            nonfinite=np.zeros(n, dtype=np.int64), has_grad=np.asarray(r.has_grad, dtype=bool),
+            numel=np.asarray(r.numel, dtype=np.int64), global_norm=global_norm, clipped_norm=global_norm)
+        stats.extras = r.extra_values
+        return self.judge(r, stats, {})
+
+    def judge(self, r: Record, stats: HostStats, parts: dict[str, np.ndarray]) -> Evaluation:
+        """The rules over the step's host statistics (``parts``: its other unpacked slices)."""
         out = Evaluation(stats=stats, symptoms=[], onsets=[], histograms=parts.get("histograms"))
         persistent = r.amp_overflow and r.amp_persistent  # decided at the step (gradwatch._actions.AmpState)
         if r.amp_overflow and not persistent:

@@ -85,6 +85,11 @@ class Fanout:
                 self._write_events(sink, r.step, events)
         self.dashboard.host_part(r.step, ev.histograms, ev.stats, ev.symptoms, scalars, list(self.sinks), self.safe)
 
+    def quiet(self, step: int) -> None:
+        """A step with nothing to write and no episode open: no sink is called; the episodes' clock moves on."""
+        self.episodes.tick(step)
+        self._changes = None
+
     def _observe(self, r: Record, ev: Evaluation) -> Changes:
         """The step's symptoms (and events) into the episodes. A logged step is conclusive (the weight rules run on
         those only). Not evaluated, so neither holding nor ending: the activation kinds on a step the probe did not

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,7 +63,7 @@ class Measure:
 
     def __init__(self, layers: Sequence[Layer], engine: StatsEngine, clipper: Clipper | None,
                  dashboard: DashboardLogger, probe: Any, updates: UpdateTracker | None = None, *,
-                 every_max: bool = False) -> None:
+                 every_max: bool = False, host_path: bool = False) -> None:
         self.layers = layers
         self.engine = engine
         self.clipper = clipper
@@ -70,6 +71,9 @@ class Measure:
         self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
         self.updates = updates  # the optimizers' update tracker, or None
         self.every_max = every_max  # the maxima on every step (on_nonfinite "skip"/"raise": the step waits anyway)
+        # Whether a CPU step that logs nothing may be judged from its sums as they are (on_host()): one process, and
+        # nothing that acts on the gradients or decides before optimizer.step() (clipper, skip, raise, hooks, scaler).
+        self.host_path = host_path and clipper is None and probe is None and not every_max
 
     def start(self, step: int, logged: bool, cadence: Cadence | None = None) -> Measured:
         """This step's per-layer statistics, on the device.
@@ -89,6 +93,22 @@ class Measure:
             dev.layer_max = self.engine.grad_maxima(dev.batch)
             logged = cadence is not None and cadence.forced()
         return Measured(step, logged, dev)
+
+    def on_host(self, m: Measured, record: Record, loss: Tensor | float | None) -> tuple[np.ndarray, float] | None:
+        """A CPU step that logs nothing and whose sums are finite, ready for the rules as it is: its per-layer sums of
+        squares (a numpy view) and global norm, the loss in ``record.extra_values``; no vector packed, nothing
+        moved. ``None`` for any other step, which takes ``finish()``."""
+        dev = m.dev
+        if not (self.host_path and not record.logged and dev.layer_max is None and m.home.type == "cpu"
+                and (self.updates is None or not self.updates.armed) and not self.dashboard.histogram_step(m.step)):
+            return None  # (on the CPU, sums that are not finite took their maxima: start())
+        if isinstance(loss, Tensor) and loss.device.type != "cpu":
+            return None  # read with the step's vector, not here
+        if loss is not None:
+            record.extra_values["gradwatch/loss"] = float(loss)  # a CPU value: nothing to wait for
+        if self.updates is not None:
+            self.updates.collect(m.home, m.dtype)  # not armed: nothing was measured; its count moves on
+        return dev.layer_sumsq.numpy(), float(dev.total_norm)
 
     def finish(self, m: Measured, record: Record, *, clip: bool, loss: Tensor | float | None,
                loss_scale: Tensor | float | None) -> None:

@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from ._tensors import LOW_PRECISION, BoundedCache, any_sparse, dense_values, long_tensor, to_device
 
 __all__ = [
+    "CPU_NORM_FLOOR",
     "CPU_TINY",
+    "FLAT_MIN_COUNT",
     "FLAT_NUMEL",
     "Bucket",
     "FlatPlan",
@@ -37,6 +39,7 @@ __all__ = [
     "Present",
     "Run",
     "Segments",
+    "cpu_sumsq",
     "finite_norms",
     "foreach_maxabs",
     "foreach_norms",
@@ -219,6 +222,61 @@ def norms_maxabs(grads: Sequence[Tensor], dtype: torch.dtype, device: torch.devi
     return finite_norms(grads, torch.stack(norms)), maxabs
 
 
+# ---------------------------------------------------------------------------------------------- the fused CPU sums
+#: CPU gradient dtypes whose sums of squares ``cpu_sumsq()`` takes from one fused norm.
+_CPU_FUSED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+#: On the CPU a fused norm of float32, bfloat16 or float16 tensors accumulates in float32, where the squares of entries
+#: under about 1e-19 are denormal or zero: a tensor whose norm comes out below this floor is measured again in float64.
+CPU_NORM_FLOOR = 1e-15
+
+#: CPU: a step that logs nothing reduces the small tensors from the flat copy only when it holds at least this many
+#: (below it, one fused norm of every tensor costs less inside a training loop).
+FLAT_MIN_COUNT = 64
+
+
+def _fused_sums(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype, plan: FlatPlan | None) -> bool:
+    """Whether ``reduce_tensors()`` takes the sums of squares from ``cpu_sumsq()``: dense real CPU tensors, unless the
+    flat copy holds many of them (``FLAT_MIN_COUNT``). Inside a training loop, where backward and the optimizer have
+    pushed gradwatch's code out of the caches, the fused norm's few calls cost less than the flat copy's dozen."""
+    return (acc == torch.float64 and dtype in _CPU_FUSED and (plan is None or plan.count < FLAT_MIN_COUNT)
+            and len(tensors) > 0 and tensors[0].device.type == "cpu" and not any_sparse(tensors))
+
+
+def cpu_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-tensor (L2 norm, float64 sum of squares) of dense real CPU tensors of ``dtype``, from one fused norm.
+
+    A norm below ``CPU_NORM_FLOOR`` (its squares may have underflowed) is measured again in float64, and one that
+    overflowed from finite entries is measured again scaled (``finite_norms()``): the sums are those of float64
+    arithmetic wherever it matters. The checks read CPU values: nothing to wait for.
+
+    Examples:
+        >>> norms, sq = cpu_sumsq([torch.tensor([3.0, 4.0]), torch.full((1000,), 1e-25)], torch.float32)
+        >>> sq.tolist()[0], round(sq.tolist()[1] / 1e-47, 6)
+        (25.0, 1.0)
+    """
+    norms = torch.stack(torch._foreach_norm(_as_list(tensors), 2.0, dtype=_norm_dtype(dtype)))
+    n = norms.numpy()
+    floor = CPU_NORM_FLOOR if dtype != torch.float64 else 0.0  # float64 accumulates in float64 already
+    if not ((n >= floor) & (n < math.inf)).all():  # a tiny or zero (float32), Inf or NaN norm: rare
+        norms = _refined(tensors, norms, floor)
+        n = norms.numpy()
+    wide = n.astype(np.float64)
+    if dtype == torch.float64:
+        with np.errstate(over="ignore"):  # a float64 norm over 1e154 squares to Inf: the value we want, silently
+            return norms, torch.from_numpy(np.square(wide, out=wide))
+    return norms, torch.from_numpy(np.square(wide, out=wide))
+
+
+def _refined(tensors: Sequence[Tensor], norms: Tensor, floor: float) -> Tensor:
+    """``norms`` (float64) with each one under ``CPU_NORM_FLOOR`` measured again in float64 and each Inf one scaled
+    (``finite_norms()``); a NaN stays NaN."""
+    out = finite_norms(tensors, norms).to(torch.float64)
+    for i in np.flatnonzero(out.numpy() < floor).tolist():
+        out[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the flat CPU path
 @dataclass(frozen=True)
 class Run:
@@ -350,6 +408,9 @@ def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.
     the rest through ``norms_maxabs()``. Without ``with_max`` (a step that logs nothing) the maxima are not taken:
     one read of each tensor instead of two, and ``None`` in their place.
     """
+    if _fused_sums(tensors, dtype, acc, plan):  # the same sums whether the step logs or not
+        norms, sq = cpu_sumsq(tensors, dtype)
+        return norms, sq, foreach_maxabs(tensors, device).to(acc) if with_max else None
     if not with_max:
         return _reduce_sumsq(tensors, dtype, acc, plan)
     work = plan.copy(tensors, acc) if plan is not None else None
@@ -366,7 +427,8 @@ def reduce_tensors(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.
 
 def _reduce_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype,
                   plan: FlatPlan | None) -> tuple[Tensor, Tensor, None]:
-    """``reduce_tensors()`` without the maxima: per-tensor (L2 norm, sum of squares in ``acc``, ``None``)."""
+    """``reduce_tensors()`` without the maxima, where the flat copy or the fused norm measures the sums: per-tensor
+    (L2 norm, sum of squares in ``acc``, ``None``)."""
     work = plan.copy(tensors, acc) if plan is not None else None
     if plan is None or work is None:
         norms = foreach_norms(tensors, dtype)

@@ -14,7 +14,7 @@ beside ``Linear`` layers), so that the input layer of a deep MLP is judged with 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,23 @@ class Chains:
     """
 
     chains: tuple[np.ndarray, ...]
+    #: The chains as rows of one matrix (padded on the right with index 0), ``mask`` saying which entries are layers,
+    #: and ``members`` (``grid[mask]``): what lets ``gradwatch._vanishing.deeper_peer_max()`` treat every chain in
+    #: one vectorised pass.
+    grid: np.ndarray = field(init=False, repr=False, compare=False)
+    mask: np.ndarray = field(init=False, repr=False, compare=False)
+    members: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        width = max((len(c) for c in self.chains), default=0)
+        grid = np.zeros((len(self.chains), width), dtype=np.int64)
+        mask = np.zeros((len(self.chains), width), dtype=bool)
+        for row, chain in enumerate(self.chains):
+            grid[row, :len(chain)] = chain
+            mask[row, :len(chain)] = True
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "members", grid[mask])
 
     @classmethod
     def of(cls, names: Sequence[str], kinds: Sequence[str] | None = None, min_len: int = 3) -> Chains:

@@ -127,9 +127,12 @@ def evaluate(
 
 
 def nonfinite_symptoms(stats: HostStats, traits: ModelTraits) -> list[Symptom]:
+    bad = np.flatnonzero(stats.nonfinite)
+    if not bad.size:
+        return []  # the common step: no remedy looked up
     out = []
     remedy = traits.nonfinite_remedy()
-    for i in np.flatnonzero(stats.nonfinite):
+    for i in bad:
         what = "NaN" if stats.nonfinite[i] == 1 else "Inf"
         name = stats.names[int(i)]
         out.append(Symptom.described(

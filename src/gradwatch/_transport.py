@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ._actions import tally_clip
 from ._cadence import Cadence, Recent, window_scalars
-from ._evaluate import Evaluator
+from ._evaluate import Evaluation, Evaluator
 from ._fanout import SYMPTOM_KINDS, Fanout, step_values
 from ._history import ClipTally, SymptomHistory
 from ._replaced import ReplacedCheck
@@ -122,10 +122,22 @@ class Delivery:
         self.recent = Recent()
 
     def __call__(self, r: Record) -> None:
-        ev = self.evaluate(r)
+        self.deliver(r, self.evaluate(r))
+
+    def on_host(self, r: Record, sumsq: np.ndarray, global_norm: float) -> None:
+        """A step judged from its sums on the host (``gradwatch._measure.Measure.on_host()``), then delivered."""
+        self.deliver(r, self.evaluate.on_host(r, sumsq, global_norm))
+
+    def deliver(self, r: Record, ev: Evaluation) -> None:
+        """Record, write and say an evaluated step."""
         r.stats, r.symptoms, r.host_vec = ev.stats, ev.symptoms, None
         if self.on_spike != "skip":  # with on_spike="skip", step() counts the step once it knows it is not dropped
             tally_clip(self.clip_tally, r)
+        if self._quiet(r, ev):  # the common step late in a run: nothing to write, nothing starts or ends
+            self.fanout.quiet(r.step)
+            if self.cadence is not None:
+                self.recent.add(ev.stats, written=False)
+            return
         self.history.extend([*ev.events, *ev.symptoms])
         scalars = step_values(r, ev, self.tags, self.kinds)
         was_open = set(self.fanout.episodes.open)
@@ -142,6 +154,12 @@ class Delivery:
         model = self.model()
         if r.logged and model is not None and self.fanout.speaks and not ev.stats.has_grad.all():
             self.replaced.check(model, ev.stats.has_grad)
+
+    def _quiet(self, r: Record, ev: Evaluation) -> bool:
+        """Whether the step has nothing for the sinks or the console: it logs nothing, has no symptom, event, probe
+        value, scaler, histogram or figure, and no episode is open."""
+        return not (r.logged or ev.symptoms or ev.events or ev.probe_scalars or r.amp or ev.histograms is not None
+                    or self.fanout.episodes.open or self.fanout.dashboard.figure_step(r.step))
 
     def _window_before(self, cadence: Cadence, r: Record, stats: HostStats, scalars: dict[str, float]) -> None:
         """An episode starts at ``r``: the recent steps before it that did not log, and ``r`` itself if it does not,

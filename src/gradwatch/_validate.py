@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from ._errors import ConfigurationError
 
 
@@ -149,3 +151,15 @@ leave log_dir=None to write none).
     if problem is not None:
         how = "" if existing == full else "cannot create it: "
         raise ConfigurationError(f"{name}={path!r}: {how}{problem}.")
+
+
+def check_step_args(counted: int, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any, log: Any) -> int:
+    """The number of a ``Watcher.step()`` (``global_step``, else the watcher's own count ``counted``), every argument
+    checked first (a ``ConfigurationError`` naming the bad one)."""
+    if log is not None and not isinstance(log, (bool, np.bool_)):
+        raise ConfigurationError(f"log={log!r:.80} must be True, False or None (gradwatch's cadence decides).")
+    check_step_value("loss", loss)
+    check_step_value("loss_scale", loss_scale)
+    if reduce_flag is not None and not callable(reduce_flag):
+        raise ConfigurationError(f"reduce_flag={reduce_flag!r:.80} must be a function of a 0-d tensor, or None.")
+    return counted if global_step is None else check_int("global_step", global_step, minimum=0)

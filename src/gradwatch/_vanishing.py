@@ -61,10 +61,16 @@ def deeper_peer_max(signal: np.ndarray, usable: np.ndarray, chains: Chains) -> n
     array([ 5.,  2., nan])
     """
     value = np.full(signal.shape, np.nan)
-    for chain in chains.chains:
-        s = np.where(usable[chain], signal[chain], -np.inf)
-        deeper = np.append(np.maximum.accumulate(s[::-1])[::-1][1:], -np.inf)  # best of positions k+1 .. end
-        value[chain] = np.where(np.isfinite(deeper), deeper, np.nan)
+    if not chains.chains:
+        return value
+    # Every chain at once: one row each, padded on the right (padding reads -inf, after every layer of its row).
+    grid, mask = chains.grid, chains.mask
+    s = np.where(usable[grid] & mask, signal[grid], -np.inf)
+    best = np.maximum.accumulate(s[:, ::-1], axis=1)[:, ::-1]  # best of positions k .. end
+    deeper = np.full(s.shape, -np.inf)
+    deeper[:, :-1] = best[:, 1:]  # best of positions k+1 .. end
+    found = deeper[mask]
+    value[chains.members] = np.where(np.isfinite(found), found, np.nan)
     return value
 
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -33,11 +32,12 @@ from ._config import DistributedMode, HistogramOf, NonFiniteAction, SpikeAction,
 from ._errors import ConfigurationError, GradWatchError, GradWatchWarning
 from ._history import ClipTally
 from ._hooks.probe import NanOrigin
+from ._measure import Measured
 from ._notebook import Summary, flow_figure_of, summary_of
 from ._sinks import Sink, TensorBoardSink
 from ._step import Record, StepReport
 from ._thresholds import Thresholds
-from ._validate import check_int, check_step_value
+from ._validate import check_int, check_step_args
 from .clipping import Clipper
 
 __all__ = ["GradWatchWarning", "NonFiniteAction", "SpikeAction", "StepReport", "Watcher", "watch"]
@@ -154,24 +154,23 @@ class Watcher:
             NonFiniteGradientError: with ``on_nonfinite="raise"``, after the logs were flushed.
         """
         self._check_open()
-        step = self._checked_step(loss, global_step, loss_scale, reduce_flag, log)  # before any side effect
+        step = check_step_args(self._step, loss, global_step, loss_scale, reduce_flag, log)  # before any side effect
         log = None if log is None else bool(log)  # numpy's bools too
         s, self._step = self._s, step
         s.transport.collect()
         window = s.updates is None or s.updates.armed  # a window the host learnt of late has no ratios: not one
         m = s.measure.start(step, logged=s.cadence.logged(step, log, window=window), cadence=s.cadence)
         record = Record(step=step, logged=m.logged, packed=None, has_grad=m.dev.has_grad, numel=m.dev.numel)
-        scale = s.amp.observe_step(record, m.dev.nonfinite, loss_scale, self.config.scaler)
+        scale = s.amp.observe_step(record, m.dev, loss_scale, self.config.scaler)
         bad = drop_for_nonfinite(self.on_nonfinite, record, m.dev, reduce_flag)
-        s.measure.finish(m, record, clip=not bad, loss=loss, loss_scale=scale)
-        s.transport.queue(record)
+        self._finish(m, record, bad, loss, scale)
         self._last_logged = record if record.logged else self._last_logged  # what plot() draws
         self._step += 1
         if self._probe is not None:
             self._probe.prepare(self._step)
         if bad:
             self._drop_nonfinite(record)
-        elif record.logged or (record.packed is not None and record.packed.device.type == "cpu"):
+        elif record.packed is not None and (record.logged or record.packed.device.type == "cpu"):
             s.transport.send()
             s.transport.process_ready()  # on the CPU the step is on the host now: evaluated and written within step()
         if self.on_spike == "skip" and not bad:
@@ -264,15 +263,16 @@ class Watcher:
         if self._closed:
             raise GradWatchError("This watcher is closed; create a new one with gradwatch.watch(model).")
 
-    def _checked_step(self, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any, log: Any) -> int:
-        """The step's number; every argument checked (a ConfigurationError naming the bad one)."""
-        if log is not None and not isinstance(log, (bool, np.bool_)):
-            raise ConfigurationError(f"log={log!r:.80} must be True, False or None (gradwatch's cadence decides).")
-        check_step_value("loss", loss)
-        check_step_value("loss_scale", loss_scale)
-        if reduce_flag is not None and not callable(reduce_flag):
-            raise ConfigurationError(f"reduce_flag={reduce_flag!r:.80} must be a function of a 0-d tensor, or None.")
-        return self._step if global_step is None else check_int("global_step", global_step, minimum=0)
+    def _finish(self, m: Measured, record: Record, bad: bool, loss: Any, scale: Any) -> None:
+        """A CPU step that logs nothing is judged from its sums as they are (no vector packed); any other step is
+        clipped and packed (``record.packed``) for the transport."""
+        s = self._s
+        host = None if bad or scale is not None or s.transport.pending else s.measure.on_host(m, record, loss)
+        if host is not None:
+            s.delivery.on_host(record, *host)
+            return
+        s.measure.finish(m, record, clip=not bad, loss=loss, loss_scale=scale)
+        s.transport.queue(record)
 
     def _drop_nonfinite(self, record: Record) -> None:
         self._transport.resolve(record)
