@@ -36,6 +36,8 @@ def _backward(model: nn.Module) -> None:
                                 ("torch", "stack")])
 @pytest.mark.parametrize("clip", [None, 1.0])
 def test_out_of_memory_in_the_statistics_propagates_from_step(monkeypatch, sparse, op, clip):
+    if op[1] == "vector_norm" and not sparse:
+        pytest.skip("dense CPU gradients are measured by the fused norm alone: vector_norm is on the sparse path")
     model = _model(sparse)
     _backward(model)
     watcher = gradwatch.watch(model, clip=clip)

@@ -67,6 +67,12 @@ class Evaluator:
         self.rules = RuleState(len(self.names), kinds=kinds, ratios=ratios)
         self.probe = probe  # the activation probe (gradwatch._hooks.probe), or None
         self.amp = amp  # the loss scaler's overflow state: its patience decides what is persistent
+        self._sizes_of: tuple[list[bool], list[int]] | None = None  # what _size_arrays were made for
+        self._size_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (_NONE, _NONE, _NONE)
+        # The maxima a step that logs nothing did not measure (NaN) and its NaN/Inf codes (finite): read-only, shared.
+        self._unmeasured = (np.full(len(self.names), np.nan), np.zeros(len(self.names), dtype=np.int64))
+        for a in self._unmeasured:
+            a.flags.writeable = False
 
     def __call__(self, r: Record) -> Evaluation:
         if r.host_vec is None:
@@ -77,13 +83,25 @@ class Evaluator:
     def on_host(self, r: Record, sumsq: np.ndarray, global_norm: float) -> Evaluation:
         """A step that logs nothing, from its finite per-layer sums of squares on the host
         (``gradwatch._measure.Measure.on_host()``: no clipper, no hooks, no scaler)."""
-        n = len(self.names)
+        has_grad, numel, inv = self._sizes(r)
+        nan, zeros = self._unmeasured
         stats = HostStats(
-            step=r.step, names=self.names, grad_norm=np.sqrt(sumsq), grad_max=np.full(n, np.nan), measured_max=False,
-            nonfinite=np.zeros(n, dtype=np.int64), has_grad=np.asarray(r.has_grad, dtype=bool),
-            numel=np.asarray(r.numel, dtype=np.int64), global_norm=global_norm, clipped_norm=global_norm)
+            step=r.step, names=self.names, grad_norm=np.sqrt(sumsq), grad_max=nan, measured_max=False,
+            nonfinite=zeros, has_grad=has_grad, numel=numel, global_norm=global_norm, clipped_norm=global_norm,
+            inv_sqrt_numel=inv, finite=True)
         stats.extras = r.extra_values
         return self.judge(r, stats, {})
+
+    def _sizes(self, r: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``has_grad``, ``numel`` and ``1 / sqrt(numel)`` (NaN for a layer without a gradient) as arrays, made again
+        only when which layers have a gradient, or their sizes, change: read-only, shared by the steps."""
+        if self._sizes_of is None or self._sizes_of[0] != r.has_grad or self._sizes_of[1] != r.numel:
+            has, numel = np.asarray(r.has_grad, dtype=bool), np.asarray(r.numel, dtype=np.int64)
+            inv = np.where(has & (numel > 0), 1.0 / np.sqrt(np.maximum(numel, 1)), np.nan)
+            for a in (has, numel, inv):
+                a.flags.writeable = False
+            self._sizes_of, self._size_arrays = (list(r.has_grad), list(r.numel)), (has, numel, inv)
+        return self._size_arrays
 
     def judge(self, r: Record, stats: HostStats, parts: dict[str, np.ndarray]) -> Evaluation:
         """The rules over the step's host statistics (``parts``: its other unpacked slices)."""

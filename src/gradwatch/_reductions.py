@@ -14,6 +14,7 @@ Nothing here reads a device value on the host. On the CPU, ``finite_norms()`` re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import operator
@@ -256,16 +257,19 @@ def cpu_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, Te
         (25.0, 1.0)
     """
     norms = torch.stack(torch._foreach_norm(_as_list(tensors), 2.0, dtype=_norm_dtype(dtype)))
-    n = norms.numpy()
     floor = CPU_NORM_FLOOR if dtype != torch.float64 else 0.0  # float64 accumulates in float64 already
-    if not ((n >= floor) & (n < math.inf)).all():  # a tiny or zero (float32), Inf or NaN norm: rare
+    sq = _squares(norms)
+    # A tiny or zero (float32), Inf or NaN norm (rare): NaN fails the first test, Inf the second.
+    if not (np.minimum.reduce(sq) >= floor * floor and np.maximum.reduce(sq) < math.inf):
         norms = _refined(tensors, norms, floor)
-        n = norms.numpy()
-    wide = n.astype(np.float64)
-    if dtype == torch.float64:
-        with np.errstate(over="ignore"):  # a float64 norm over 1e154 squares to Inf: the value we want, silently
-            return norms, torch.from_numpy(np.square(wide, out=wide))
-    return norms, torch.from_numpy(np.square(wide, out=wide))
+        sq = _squares(norms)
+    return norms, torch.from_numpy(sq)
+
+
+def _squares(norms: Tensor) -> np.ndarray:
+    """``norms`` squared, in float64 (a float64 norm over 1e154 squares to Inf: the value we want, silently)."""
+    with np.errstate(over="ignore") if norms.dtype == torch.float64 else contextlib.nullcontext():
+        return np.square(norms.numpy(), dtype=np.float64)
 
 
 def _refined(tensors: Sequence[Tensor], norms: Tensor, floor: float) -> Tensor:

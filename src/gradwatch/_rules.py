@@ -45,8 +45,19 @@ class HostStats:
     update_ratio: np.ndarray | None = None
     #: Whether ``grad_max`` was measured: on logged steps (and, on the CPU, on steps with non-finite gradients).
     measured_max: bool = True
+    #: ``1 / sqrt(numel)`` per layer, NaN for a layer without a gradient, when the evaluator made it already.
+    inv_sqrt_numel: np.ndarray | None = None
+    #: Known to have every value finite (``nonfinite`` all zeros): the rules skip their NaN/Inf checks.
+    finite: bool = False
+
+    def any_nonfinite(self) -> bool:
+        """Whether a layer's gradients hold a NaN or an Inf."""
+        return not self.finite and bool(self.nonfinite.any())
 
     def rms(self) -> np.ndarray:
+        """Per layer: the gradient RMS (``grad_norm / sqrt(numel)``), NaN for a layer without a gradient."""
+        if self.inv_sqrt_numel is not None:
+            return self.grad_norm * self.inv_sqrt_numel
         # No errstate needed (it costs more than the arithmetic): the divisor is at least 1, and a NaN or Inf norm
         # divides silently.
         return np.where(self.has_grad & (self.numel > 0), self.grad_norm / np.sqrt(np.maximum(self.numel, 1)), np.nan)
@@ -127,9 +138,9 @@ def evaluate(
 
 
 def nonfinite_symptoms(stats: HostStats, traits: ModelTraits) -> list[Symptom]:
-    bad = np.flatnonzero(stats.nonfinite)
-    if not bad.size:
+    if not stats.any_nonfinite():
         return []  # the common step: no remedy looked up
+    bad = np.flatnonzero(stats.nonfinite)
     out = []
     remedy = traits.nonfinite_remedy()
     for i in bad:
@@ -150,7 +161,7 @@ def exploding_symptoms(stats: HostStats, th: Thresholds, state: RuleState, trait
     The spike rule still sees the raw norm, and TensorBoard keeps both. Layers named are those over the ceiling
     before clipping: the culprits."""
     raw = stats.global_norm
-    if math.isnan(raw) or stats.nonfinite.any():
+    if math.isnan(raw) or stats.any_nonfinite():
         return []  # the nonfinite rule speaks for this step; the baseline ignores it
     g = raw if math.isnan(stats.clipped_norm) else stats.clipped_norm
     clipped = g < raw * (1 - 1e-6)

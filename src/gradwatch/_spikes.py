@@ -18,7 +18,7 @@ Everything here runs on the host on Python floats, after the step's packed vecto
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._clip.zscore import clip_target, ema_update, welford_update, zscore
@@ -72,7 +72,7 @@ def observe(b: Baseline, x: float, *, alpha: float, warmup: int, z_threshold: fl
     z = zscore(x, b.mean, b.var, _EPS)
     clipped = min(x, clip_target(b.mean, b.std, z, z_threshold, "zscore")) if z > z_threshold else x
     mean, var = ema_update(b.mean, b.var, clipped, alpha)
-    return replace(b, seen=b.seen + 1, mean=mean, var=var), z
+    return Baseline(b.seen + 1, mean, b.m2, var), z
 
 
 @dataclass

@@ -227,7 +227,7 @@ class HostTotals:
     def result(self) -> tuple[Tensor, Tensor]:
         """(per-layer sums of squares, the global norm as a 0-d tensor), float64 on the CPU."""
         sums = np.zeros(self.n) if self.sums is None else self.sums
-        return torch.from_numpy(sums), torch.tensor(math.sqrt(sums.sum()), dtype=torch.float64)
+        return torch.from_numpy(sums), torch.from_numpy(np.asarray(math.sqrt(np.add.reduce(sums))))
 
 
 class StatsEngine:

@@ -36,14 +36,18 @@ class VanishingState:
     n_layers: int
     count: np.ndarray = field(init=False)
     since: np.ndarray = field(init=False)
+    #: Whether any count may be nonzero (a plain flag: the common step resets nothing, without a numpy call).
+    counting: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.count = np.zeros(self.n_layers, dtype=np.int64)
         self.since = np.full(self.n_layers, -1, dtype=np.int64)
 
     def reset(self) -> None:
-        self.count.fill(0)
-        self.since.fill(-1)
+        if self.counting:
+            self.count.fill(0)
+            self.since.fill(-1)
+            self.counting = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"vanish_count": self.count.tolist(), "vanish_since": self.since.tolist()}
@@ -51,6 +55,7 @@ class VanishingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = np.asarray(state["vanish_count"], dtype=np.int64)
         self.since = np.asarray(state["vanish_since"], dtype=np.int64)
+        self.counting = True
 
 
 def deeper_peer_max(signal: np.ndarray, usable: np.ndarray, chains: Chains) -> np.ndarray:
@@ -72,6 +77,25 @@ def deeper_peer_max(signal: np.ndarray, usable: np.ndarray, chains: Chains) -> n
     found = deeper[mask]
     value[chains.members] = np.where(np.isfinite(found), found, np.nan)
     return value
+
+
+def _none_starved(rms: np.ndarray, th: Thresholds, chains: Chains) -> bool:
+    """A sufficient condition for no starved layer when the signal is the gradient RMS: every RMS (NaN: no gradient,
+    ignored) is over the floor, and within the chains the weakest is over ``vanishing_ratio`` times the strongest,
+    which bounds every layer's deeper peers. False (the full rule decides) otherwise, and when the RMS is not finite.
+
+    >>> chains = Chains((np.array([0, 1, 2]),))
+    >>> th = Thresholds()
+    >>> healthy, floored = np.array([1e-3, np.nan, 2e-3, 5.0]), np.array([1e-9, 1.0, 1.0])
+    >>> _none_starved(healthy, th, chains), _none_starved(floored, th, chains)
+    (True, False)
+    """
+    if not np.fmin.reduce(rms) >= th.vanishing_rms:  # NaN-ignoring; NaN (no gradient at all) fails the test
+        return False
+    if not chains.members.size:
+        return True
+    peers = rms[chains.members]
+    return bool(np.fmin.reduce(peers) >= th.vanishing_ratio * np.fmax.reduce(peers))
 
 
 def _strongest_deeper(i: int, signal: np.ndarray, usable: np.ndarray, chains: Chains) -> int:
@@ -98,6 +122,9 @@ def vanishing_symptoms(stats: Any, th: Thresholds, state: VanishingState, chains
     """``stats`` is a ``gradwatch._rules.HostStats``."""
     rms = stats.rms()
     signal, measure = learning_signal(stats, rms)
+    if signal is rms and _none_starved(rms, th, chains):  # the common step, in a few calls
+        state.reset()
+        return []
     usable = np.isfinite(rms) & (np.isfinite(signal) | (rms < th.vanishing_rms))
     if not usable.any():
         state.reset()
@@ -112,7 +139,7 @@ def vanishing_symptoms(stats: Any, th: Thresholds, state: VanishingState, chains
     if not starved.any():  # the common step: nothing starved, nothing to count
         state.reset()
         return []
-    state.count = np.where(starved, state.count + 1, 0)
+    state.count, state.counting = np.where(starved, state.count + 1, 0), True
     state.since = np.where(starved, np.where(state.since < 0, stats.step, state.since), -1)
     firing = np.flatnonzero(state.count >= th.vanishing_patience)
     if firing.size == 0:

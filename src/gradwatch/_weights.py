@@ -53,7 +53,7 @@ class WeightState:
 def weight_symptoms(stats: Any, th: Thresholds, state: WeightState, traits: ModelTraits,
                     active: dict[tuple[str, str | None], int]) -> list[Symptom]:
     """``stats`` is a ``gradwatch._rules.HostStats``; ``active`` the symptoms holding at the previous step."""
-    if state.first_bad_gradient < 0 and stats.nonfinite.any():
+    if state.first_bad_gradient < 0 and stats.any_nonfinite():
         state.first_bad_gradient = stats.step
     out = _exploding_updates(stats, th, state, traits, active)
     if stats.param_norm is not None:
