@@ -85,7 +85,7 @@ class MLflowSink:
         >>> model(torch.ones(2, 3)).sum().backward()
         >>> with gradwatch.watch(model, sinks=[gradwatch.MLflowSink(run_id, tracking_uri=uri)]) as watcher:
         ...     _ = watcher.step()
-        >>> [(m.step, m.value) for m in client.get_metric_history(run_id, "gradwatch/global/grad_norm")]
+        >>> [(m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, "gradwatch/global/grad_norm")]
         [(0, 4.0)]
         >>> del os.environ["MLFLOW_ALLOW_FILE_STORE"]
     """

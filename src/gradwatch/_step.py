@@ -30,7 +30,7 @@ class Record:
     numel: list[int]
     extra_tags: list[str] = field(default_factory=list)
     extra_values: dict[str, float] = field(default_factory=dict)
-    layout: Layout = field(default_factory=Layout.empty)
+    layout: Layout = field(default=Layout.empty())  # frozen: one shared by every record not packed yet
     skipped: bool = False
     skip_reason: str | None = None  # "nonfinite" or "spike"
     sent: bool = False

@@ -156,6 +156,11 @@ leave log_dir=None to write none).
 def check_step_args(counted: int, loss: Any, global_step: Any, loss_scale: Any, reduce_flag: Any, log: Any) -> int:
     """The number of a ``Watcher.step()`` (``global_step``, else the watcher's own count ``counted``), every argument
     checked first (a ``ConfigurationError`` naming the bad one)."""
+    if loss is None and loss_scale is None and reduce_flag is None and log is None:  # the common call, at once
+        if global_step is None:
+            return counted
+        if type(global_step) is int and global_step >= 0:
+            return global_step
     if log is not None and not isinstance(log, (bool, np.bool_)):
         raise ConfigurationError(f"log={log!r:.80} must be True, False or None (gradwatch's cadence decides).")
     check_step_value("loss", loss)
