@@ -269,7 +269,8 @@ def cpu_sumsq(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, Te
 def _squares(norms: Tensor) -> np.ndarray:
     """``norms`` squared, in float64 (a float64 norm over 1e154 squares to Inf: the value we want, silently)."""
     with np.errstate(over="ignore") if norms.dtype == torch.float64 else contextlib.nullcontext():
-        return np.square(norms.numpy(), dtype=np.float64)
+        sq: np.ndarray = np.square(norms.numpy(), dtype=np.float64)
+        return sq
 
 
 def _refined(tensors: Sequence[Tensor], norms: Tensor, floor: float) -> Tensor:

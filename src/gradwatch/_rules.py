@@ -57,7 +57,8 @@ class HostStats:
     def rms(self) -> np.ndarray:
         """Per layer: the gradient RMS (``grad_norm / sqrt(numel)``), NaN for a layer without a gradient."""
         if self.inv_sqrt_numel is not None:
-            return self.grad_norm * self.inv_sqrt_numel
+            rms: np.ndarray = self.grad_norm * self.inv_sqrt_numel
+            return rms
         # No errstate needed (it costs more than the arithmetic): the divisor is at least 1, and a NaN or Inf norm
         # divides silently.
         return np.where(self.has_grad & (self.numel > 0), self.grad_norm / np.sqrt(np.maximum(self.numel, 1)), np.nan)
