@@ -88,7 +88,7 @@ class Measure:
         with_max = (logged or self.every_max or home.type not in _WIDE_SUMS
                     or (figure is not None and step % figure == 0))
         dev = self.engine.compute(with_params=logged, with_max=with_max)
-        if dev.layer_max is None and dev.total_norm.device.type == "cpu" and not math.isfinite(float(dev.total_norm)):
+        if dev.layer_max is None and not math.isfinite(dev.cpu_norm()):
             # A CPU value: nothing to wait for. A NaN or Inf sum makes the global norm NaN or Inf.
             dev.layer_max = self.engine.grad_maxima(dev.batch)
             logged = cadence is not None and cadence.forced()
@@ -108,7 +108,7 @@ class Measure:
             record.extra_values["gradwatch/loss"] = float(loss)  # a CPU value: nothing to wait for
         if self.updates is not None:
             self.updates.collect(m.home, m.dtype)  # not armed: nothing was measured; its count moves on
-        return dev.layer_sumsq.numpy(), float(dev.total_norm)
+        return dev.layer_sumsq.numpy(), dev.cpu_norm()
 
     def finish(self, m: Measured, record: Record, *, clip: bool, loss: Tensor | float | None,
                loss_scale: Tensor | float | None) -> None:

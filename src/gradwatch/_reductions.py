@@ -44,6 +44,7 @@ __all__ = [
     "finite_norms",
     "foreach_maxabs",
     "foreach_norms",
+    "fused_bucket",
     "group_buckets",
     "norms_maxabs",
     "param_sumsq",
@@ -234,6 +235,12 @@ CPU_NORM_FLOOR = 1e-15
 #: CPU: a step that logs nothing reduces the small tensors from the flat copy only when it holds at least this many
 #: (below it, one fused norm of every tensor costs less inside a training loop).
 FLAT_MIN_COUNT = 64
+
+
+def fused_bucket(b: Bucket) -> bool:
+    """Whether a step reduces the sums of squares of ``b``'s gradients with ``cpu_sumsq()`` (see ``_fused_sums()``),
+    its gradients being dense and all present."""
+    return b.device.type == "cpu" and b.dtype in _CPU_FUSED and (b.flat is None or b.flat.count < FLAT_MIN_COUNT)
 
 
 def _fused_sums(tensors: Sequence[Tensor], dtype: torch.dtype, acc: torch.dtype, plan: FlatPlan | None) -> bool:
@@ -501,6 +508,18 @@ class Bucket:
         """Layer index (a long tensor on ``device``) of the parameters at positions ``kept`` (``None``: all)."""
         return self._index.get(kept, lambda: long_tensor(
             self.layer_of if kept is None else [self.layer_of[i] for i in kept], self.device))
+
+    def moved(self) -> bool:
+        """Whether the parameters were moved to another device or cast since the bucket was made (checked on the
+        first: a model moves as a whole). ``is_cpu`` and ``get_device()`` cost less than ``.device`` (a new object)."""
+        p = self.params[0]
+        if p.dtype != self.dtype:
+            return True
+        if self.device.type == "cpu":
+            return not p.is_cpu
+        if self.device.type == "cuda":
+            return not p.is_cuda or p.get_device() != self.device.index
+        return p.device != self.device
 
     def plan_flat(self) -> None:
         """Order the parameters small first, grouped by trailing shape (in order of first appearance), large ones

@@ -21,13 +21,15 @@ from ._reductions import (
     Bucket,
     LayerTotals,
     Present,
+    cpu_sumsq,
     foreach_maxabs,
     foreach_norms,
+    fused_bucket,
     group_buckets,
     param_sumsq,
     reduce_tensors,
 )
-from ._tensors import accumulate_dtype
+from ._tensors import accumulate_dtype, any_sparse
 
 __all__ = ["DeviceStats", "GradBatch", "GradGroup", "StatsBackend", "StatsEngine", "host_nonfinite_codes"]
 
@@ -136,6 +138,13 @@ class DeviceStats:
     numel: list[int]  # host-known: gradient entries per layer
     batch: GradBatch
     param_norm: Tensor | None = None  # (L,) when compute(with_params=True) measured them (several processes)
+    host_norm: float | None = None  # total_norm as a host float, when the sums were added up on the host (CPU)
+
+    def cpu_norm(self) -> float:
+        """The global norm where reading it waits for nothing (the CPU); 0.0 elsewhere (not read)."""
+        if self.host_norm is not None:
+            return self.host_norm
+        return float(self.total_norm) if self.total_norm.device.type == "cpu" else 0.0
 
     @property
     def nonfinite(self) -> Tensor:
@@ -270,13 +279,16 @@ class StatsEngine:
                 b.plan_flat()
         self._home = self._buckets[0].device if self._buckets else torch.device("cpu")
         self._all_cpu = all(b.device.type == "cpu" for b in self._buckets)
+        # One CPU bucket whose sums come from one fused norm: a step that logs nothing takes _host_sums().
+        lean = len(self._buckets) == 1 and fused_bucket(self._buckets[0])
+        self._lean_index = np.asarray(self._buckets[0].layer_of, dtype=np.int64) if lean else None
         # What a step where every watched parameter has a gradient knows on the host (the common case).
         self._all_has_grad = [bool(sizes) for sizes in self._numel]
         self._all_numel = [sum(sizes) for sizes in self._numel]
 
     def _stale(self) -> bool:
         # One check per bucket, not per tensor: catches a model moved or cast as a whole after watch().
-        return any(b.params[0].device != b.device or b.params[0].dtype != b.dtype for b in self._buckets)
+        return any(b.moved() for b in self._buckets)
 
     def _follow(self) -> None:
         """Take up the parameters the layers' modules hold now, if any was assigned anew (see the class)."""
@@ -304,6 +316,10 @@ class StatsEngine:
             self._follow()
         if self._stale():
             self._regroup()
+        if not with_max and self._lean_index is not None:
+            lean = self._host_sums(self._buckets[0], self._lean_index)
+            if lean is not None:
+                return lean
         home = self._home
         acc = accumulate_dtype(home)
         n_layers = len(self.layer_names)
@@ -331,6 +347,21 @@ class StatsEngine:
         total_norm = totals.sumsq.sum().sqrt()
         batch = GradBatch(groups=groups, layer_names=self.layer_names, total_norm=total_norm, home=home)
         return DeviceStats(totals.sumsq, totals.maxabs if with_max else None, total_norm, has_grad, numel, batch)
+
+    def _host_sums(self, b: Bucket, layer_index: np.ndarray) -> DeviceStats | None:
+        """``compute(with_max=False)`` of one CPU bucket whose gradients are dense and all present, in few calls (a
+        step that logs nothing, late in a run: the common step); ``None`` for any other step."""
+        present = b.present()
+        if present.kept is not None or any_sparse(present.grads):
+            return None
+        norms, sq = cpu_sumsq(present.grads, b.dtype)
+        sums = np.bincount(layer_index, weights=sq.numpy(), minlength=len(self.layer_names))  # NaN, Inf propagate
+        norm = math.sqrt(np.add.reduce(sums))
+        total = torch.from_numpy(np.asarray(norm))
+        group = GradGroup(b.device, b.dtype, present.params, present.grads, b.index(), norms)
+        batch = GradBatch(groups=[group], layer_names=self.layer_names, total_norm=total, home=self._home)
+        return DeviceStats(torch.from_numpy(sums), None, total, list(self._all_has_grad), list(self._all_numel), batch,
+                           host_norm=norm)
 
     def grad_maxima(self, batch: GradBatch) -> Tensor:
         """Per-layer max |g| of ``batch``'s gradients, on ``home``: for a step that measured its sums alone and turns
