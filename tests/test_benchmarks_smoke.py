@@ -48,6 +48,11 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path, capsys):
     assert bare["overhead_ms"] == 0.0
     assert default["overhead_ms"] == pytest.approx(default["median_ms"] - bare["median_ms"])  # one round: paired
     assert mlp["cpu_step_alloc_bytes"] > 0
+    # each variant's own call, timed inside the loop: the bare step's is empty
+    assert 0 <= bare["call_ms"] < default["call_ms"]
+    assert variants["clip_grad_norm"]["call_vs_clip_grad_norm"] == pytest.approx(1.0)
+    assert variants["default_run"]["call_ms"] == pytest.approx(
+        variants["unlogged"]["call_ms"] + (default["call_ms"] - variants["unlogged"]["call_ms"]) * run.LOGGED_SHARE)
     # derived rows: one step in N costs the frequent variant's overhead, the others the rest's
     act, idle, act10 = variants["activations"], variants["activations_idle"], variants["activations_every_10"]
     assert act10["status"] == "derived"
