@@ -30,16 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAN_LAYER = "transformer.h.1.mlp.c_fc"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_fresh_accelerate_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+from accelerate_state import _one_thread_and_fresh_accelerate_state  # noqa: E402, F401  (autouse)
 
 
 class Tokens(torch.utils.data.Dataset):

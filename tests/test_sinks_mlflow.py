@@ -15,6 +15,7 @@ from torch import nn
 import gradwatch
 from gradwatch import ConfigurationError, MLflowSink
 from gradwatch._sinks import read_records
+from sink_grads import set_grads, three_steps, two_layers
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -35,28 +36,6 @@ def run_id(store):
 
 def history(client, run_id, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)]
-
-
-def two_layers() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-
-
-def three_steps(model: nn.Module, watcher: gradwatch.Watcher) -> list[gradwatch.StepReport]:
-    out = []
-    for _ in range(3):
-        set_grads(model)
-        out.append(watcher.step())
-    return out
-
-
-def set_grads(model: nn.Module, *, nan: bool = False) -> None:
-    """Layer ``0``: weight (3, 0; 0, 0), bias (0, 4): norm 5. Layer ``1``: weight (0, 12), bias (5): norm 13; with
-    ``nan``, its first weight entry is NaN."""
-    first, second = model[0], model[1]
-    first.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
-    first.bias.grad = torch.tensor([0.0, 4.0])
-    second.weight.grad = torch.tensor([[float("nan") if nan else 0.0, 12.0]])
-    second.bias.grad = torch.tensor([5.0])
 
 
 def test_known_gradients_and_a_nan_step_reach_mlflow_as_tensorboard_gets_them(store, run_id, tmp_path, monkeypatch):
@@ -131,18 +110,16 @@ def test_a_module_name_mlflow_refuses_is_written_under_an_allowed_key(store, run
 
 def test_the_active_run_is_the_default_and_stays_open(store, monkeypatch):
     uri, client = store
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run() as active:
-            model = two_layers()
-            with gradwatch.watch(model, sinks=[MLflowSink()]) as watcher:
-                set_grads(model)
-                watcher.step()
-            assert mlflow.active_run() is not None  # close() left it open
-        run_id = active.info.run_id
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # Through the environment, not mlflow.set_tracking_uri(): restoring that with get_tracking_uri()'s answer would
+    # pin MLflow 3's default (a sqlite file in the working directory) over every later test's MLFLOW_TRACKING_URI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with mlflow.start_run() as active:
+        model = two_layers()
+        with gradwatch.watch(model, sinks=[MLflowSink()]) as watcher:
+            set_grads(model)
+            watcher.step()
+        assert mlflow.active_run() is not None  # close() left it open
+    run_id = active.info.run_id
     assert history(client, run_id, "gradwatch/grad_norm/1") == [(0, 13.0)]
 
 

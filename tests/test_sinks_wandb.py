@@ -13,12 +13,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import nn
 
 import gradwatch
 from gradwatch import ConfigurationError, WandbSink
+from sink_grads import set_grads, three_steps, two_layers
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402  (after the skip: wandb is an optional dependency)
@@ -96,28 +95,6 @@ def finished_dir(run) -> Path:
         assert time.monotonic() < deadline, f"{path} has no exit record a minute after run.finish()"
         time.sleep(0.05)
     return run_dir
-
-
-def two_layers() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-
-
-def three_steps(model: nn.Module, watcher: gradwatch.Watcher) -> list[gradwatch.StepReport]:
-    out = []
-    for _ in range(3):
-        set_grads(model)
-        out.append(watcher.step())
-    return out
-
-
-def set_grads(model: nn.Module, *, nan: bool = False) -> None:
-    """Layer ``0``: weight (3, 0; 0, 0), bias (0, 4): norm 5. Layer ``1``: weight (0, 12), bias (5): norm 13; with
-    ``nan``, its first weight entry is NaN."""
-    first, second = model[0], model[1]
-    first.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
-    first.bias.grad = torch.tensor([0.0, 4.0])
-    second.weight.grad = torch.tensor([[float("nan") if nan else 0.0, 12.0]])
-    second.bias.grad = torch.tensor([5.0])
 
 
 def test_known_gradients_and_a_nan_step_reach_wandb_as_tensorboard_gets_them(run, tmp_path):
